@@ -1,0 +1,92 @@
+"""An LLM served through vLLM's in-process async engine, behind BentoML.
+
+Routes:
+- ``/v1/*``: vLLM's own OpenAI-compatible server (chat completions, completions, models, ...).
+- ``/generate``: streams the model's answer to a prompt, looped back through ``/v1``.
+- ``/livez``, ``/readyz``, ``/metrics``: BentoML's; ready only once the engine can serve.
+
+Configuration is ``vllm_bento.settings``; the vLLM wiring is ``vllm_bento.vllm_entrypoints``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
+from typing import Annotated
+
+import bentoml
+from annotated_types import Ge, Le
+
+from vllm_bento import hardware
+from vllm_bento.loopback import DEFAULT_PROMPT, LoopbackChat, base_url_for
+from vllm_bento.openai_mount import OpenAIMount
+from vllm_bento.packaged_model import MODEL_TAG
+from vllm_bento.settings import engine_config, load_settings
+from vllm_bento.vllm_entrypoints import OpenAIServer, serve_openai
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = load_settings()
+MAX_TOKENS = SETTINGS.max_tokens
+
+openai_api = OpenAIMount()
+
+if SETTINGS.uses_packaged_model:
+    MODEL: bentoml.models.BentoModel | bentoml.models.HuggingFaceModel = (
+        bentoml.models.BentoModel(MODEL_TAG)
+    )
+else:
+    MODEL = bentoml.models.HuggingFaceModel(SETTINGS.model_id, exclude=["*.pth", "*.pt"])
+
+IMAGE = bentoml.images.Image(python_version="3.11").requirements_file("requirements.txt")
+
+
+@bentoml.asgi_app(openai_api, path="/v1")
+@bentoml.service(
+    name="vllm-llm",
+    traffic={"timeout": 300},
+    resources={"gpu": 1, "gpu_type": "nvidia-l4"},
+    image=IMAGE,
+    # HF_TOKEN is passed on by the environment when set: declaring it here would make
+    # `bentoml serve` refuse to start without it, and the default model needs none.
+)
+class VLLM:
+    """vLLM's async engine, started with the service and stopped with it."""
+
+    model = MODEL
+
+    def __init__(self) -> None:
+        self.settings = SETTINGS
+        self.server: OpenAIServer | None = None
+        self._stack = AsyncExitStack()
+        self.loopback = LoopbackChat(SETTINGS.model_id, SETTINGS.generate_temperature)
+
+    @bentoml.on_startup
+    async def start_engine(self) -> None:
+        cfg = engine_config(self.settings, hardware.detect())
+        model_path = getattr(self.model, "path", self.model)  # stored model or HF folder
+        logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
+        self.server = await self._stack.enter_async_context(serve_openai(cfg, str(model_path)))
+        openai_api.target = self.server.app
+
+    @bentoml.on_shutdown
+    async def stop_engine(self) -> None:
+        openai_api.target = None
+        self.server = None
+        await self._stack.aclose()
+
+    async def __is_ready__(self) -> bool:
+        return self.server is not None and not self.server.engine.errored
+
+    @bentoml.api
+    async def generate(
+        self,
+        ctx: bentoml.Context,
+        prompt: str = DEFAULT_PROMPT,
+        max_tokens: Annotated[int, Ge(128), Le(MAX_TOKENS)] = MAX_TOKENS,
+    ) -> AsyncGenerator[str, None]:
+        """Stream the model's answer to `prompt`, up to `max_tokens` tokens."""
+        base_url = base_url_for(ctx.request.scope.get("server"))
+        async for text in self.loopback.stream(base_url, prompt, max_tokens):
+            yield text

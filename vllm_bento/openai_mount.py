@@ -1,0 +1,37 @@
+"""The ASGI app BentoML mounts at ``/v1``: it hands each request to vLLM's OpenAI app once the
+engine is up, and answers 503 in the OpenAI error shape before that and after shutdown."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.responses import JSONResponse
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+def openai_error(status: int, message: str, err_type: str) -> JSONResponse:
+    """A response in the shape OpenAI clients parse: ``{"error": {message, type, param, code}}``."""
+    body = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+class OpenAIMount:
+    """Forwards to ``target`` (vLLM's FastAPI app), set when the engine is ready."""
+
+    def __init__(self) -> None:
+        self.target: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return  # BentoML owns the process lifespan; the engine starts in on_startup.
+        if self.target is None:
+            response = openai_error(503, "The model engine is not running.", "ServiceUnavailable")
+            await response(scope, receive, send)
+            return
+        # Starlette's Mount set root_path to ".../v1"; vLLM's routes carry the /v1 prefix
+        # themselves, so give vLLM the path as the client sent it.
+        child = dict(scope)
+        child["root_path"] = scope.get("app_root_path", "")
+        await self.target(child, receive, send)
