@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 
-import httpx
+import httpx2
 import openai
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
@@ -52,10 +52,17 @@ def upstream_error(exc: openai.APIStatusError) -> BentoMLException:
 class LoopbackChat:
     """Streams chat completions from this service's own ``/v1``."""
 
-    def __init__(self, model: str, temperature: float, timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        model: str,
+        temperature: float,
+        timeout: float = 300.0,
+        http_client: httpx2.AsyncClient | None = None,
+    ) -> None:
         self.model = model
         self.temperature = temperature
         self.timeout = timeout
+        self._http_client = http_client  # tests pass one with a fake transport
         self._client: openai.AsyncOpenAI | None = None
 
     def client(self, base_url: str) -> openai.AsyncOpenAI:
@@ -63,7 +70,11 @@ class LoopbackChat:
         if self._client is None or str(self._client.base_url).rstrip("/") != base_url:
             # The key is unused while /v1 is open, but the SDK requires one.
             self._client = openai.AsyncOpenAI(
-                base_url=base_url, api_key="loopback", timeout=self.timeout, max_retries=0
+                base_url=base_url,
+                api_key="loopback",
+                timeout=self.timeout,
+                max_retries=0,
+                http_client=self._http_client,
             )
         return self._client
 
@@ -87,7 +98,7 @@ class LoopbackChat:
                 if chunk.choices and (text := chunk.choices[0].delta.content):
                     started = True
                     yield text
-        except (openai.APIError, httpx.HTTPError) as exc:
+        except openai.APIError as exc:  # the SDK wraps transport errors in APIConnectionError
             if started:
                 logger.exception("/generate stream cut off after it started")
                 raise StreamInterrupted(str(exc)) from exc

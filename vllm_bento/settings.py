@@ -123,6 +123,12 @@ def default_dtype(hw: Hardware) -> str:
     return "bfloat16" if hw.cpu_has_bf16_unit else "float32"
 
 
+def default_eager(hw: Hardware) -> bool:
+    """Eager on CPU: compiling takes 3-4 min to start for ~6% more throughput (measured on
+    2 cores). Compiled on GPU, where CUDA graphs pay for the longer start many times over."""
+    return not hw.has_gpu
+
+
 def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
     """The engine values for ``settings`` on ``hw``."""
     return EngineConfig(
@@ -130,7 +136,9 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         max_model_len=settings.max_model_len,
         dtype=settings.dtype or default_dtype(hw),
         enable_prefix_caching=settings.enable_prefix_caching,
-        enforce_eager=(not hw.has_gpu) if settings.enforce_eager is None else settings.enforce_eager,
+        enforce_eager=(
+            default_eager(hw) if settings.enforce_eager is None else settings.enforce_eager
+        ),
         tensor_parallel_size=settings.tensor_parallel_size or max(hw.gpu_count, 1),
         gpu_memory_utilization=settings.gpu_memory_utilization if hw.has_gpu else None,
         cpu_kv_cache_gib=None if hw.has_gpu else settings.cpu_kv_cache_gib,

@@ -1,0 +1,42 @@
+"""Fixtures shared by the test tiers: one served instance per session for the e2e tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import bentoml
+import openai
+import pytest
+
+from tests.served import Served, serving
+from vllm_bento.settings import PACKAGED_MODEL_ID
+
+MODEL = PACKAGED_MODEL_ID
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Served]:
+    """The default service, started once with `bentoml serve` and shared by the e2e tests."""
+    with serving("shared") as served:
+        yield served
+
+
+@pytest.fixture
+def openai_client(server: Served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=300)
+
+
+@pytest.fixture
+def bento_client(server: Served) -> Iterator[bentoml.SyncHTTPClient]:
+    with bentoml.SyncHTTPClient(server.url, timeout=300, server_ready_timeout=300) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests see only the settings they set; the served instance has its own process."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("LLM_"):
+            monkeypatch.delenv(name)

@@ -1,0 +1,101 @@
+"""Start and stop `bentoml serve` the way a user does, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+READY_TIMEOUT_S = 600.0  # eager start is ~45 s; leave room for a slow, shared machine
+
+
+@dataclass
+class Served:
+    """A running `bentoml serve` and where to reach it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            children: list[psutil.Process] = psutil.Process(self.process.pid).children(True)
+            return children
+        except psutil.NoSuchProcess:
+            return []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S) -> float:
+    """Seconds until /readyz answers 200; raises if the server dies or never gets ready."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if served.process.poll() is not None:
+            code = served.process.returncode
+            raise RuntimeError(f"bentoml serve exited {code}; see {served.log}")
+        try:
+            if httpx.get(f"{served.url}/readyz", timeout=5).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"not ready after {timeout:.0f} s; see {served.log}")
+
+
+def start(name: str, env: dict[str, str] | None = None, target: str = "service:VLLM",
+          cwd: Path = ROOT) -> Served:
+    """Start `bentoml serve` on a free port in its own process group, logging to artifacts."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = ARTIFACTS / f"server-{name}.log"
+    process = subprocess.Popen(
+        [BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"],
+        cwd=cwd, env={**os.environ, **(env or {})},
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    return Served(process=process, port=port, log=log)
+
+
+def stop(served: Served, timeout: float = 60.0) -> int | None:
+    """SIGTERM, as a supervisor sends it; SIGKILL the whole group if it does not exit in time.
+    Returns the exit code, or None when it had to be killed."""
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGTERM)
+    try:
+        return served.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(served.process.pid, signal.SIGKILL)
+        served.process.wait()
+        return None
+
+
+@contextmanager
+def serving(name: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    served = start(name, env)
+    try:
+        wait_ready(served)
+        yield served
+    finally:
+        stop(served)

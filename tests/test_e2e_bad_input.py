@@ -1,0 +1,63 @@
+"""Bad input gets a clear 4xx, in the OpenAI error shape on /v1, and the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL
+from tests.served import Served
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(("value", "bound"), [(1, "greater than or equal to 128"),
+                                              (10**9, "less than or equal to 1024")])
+def test_generate_max_tokens_out_of_range(server: Served, value: int, bound: str) -> None:
+    r = httpx.post(f"{server.url}/generate", json={"max_tokens": value}, timeout=60)
+    assert r.status_code == 400
+    (detail,) = r.json()["detail"]
+    assert detail["loc"] == ["max_tokens"] and bound in detail["msg"]
+
+
+def assert_openai_error(r: httpx.Response, status: int, param: str | None = None) -> None:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+
+
+def test_chat_without_messages(server: Served) -> None:
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": MODEL}, timeout=60)
+    assert_openai_error(r, 400, "body.messages")
+
+
+def test_chat_with_unknown_model(server: Served) -> None:
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                   json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})
+    assert_openai_error(r, 404, "model")
+
+
+def test_chat_with_non_json_body(server: Served) -> None:
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", timeout=60,
+                   headers={"content-type": "application/json"})
+    assert_openai_error(r, 400)
+
+
+def test_generate_prompt_over_context_is_a_400(server: Served) -> None:
+    r = httpx.post(f"{server.url}/generate", timeout=120,
+                   json={"prompt": "pirate " * 3000, "max_tokens": 128})
+    assert r.status_code == 400, r.text
+    assert "2048" in r.text
+
+
+def test_server_still_answers_after_bad_input(server: Served,
+                                              openai_client: openai.OpenAI) -> None:
+    httpx.post(f"{server.url}/v1/chat/completions", content=b"\x00\xff", timeout=60)
+    httpx.post(f"{server.url}/generate", json={"max_tokens": -5}, timeout=60)
+    reply = openai_client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
+    assert reply.choices[0].message.content

@@ -1,0 +1,90 @@
+"""/generate's loopback client against a fake /v1 (unit tier; the e2e tests use the real one)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx2 as httpx  # the transport the openai SDK (3.x) is built on
+import pytest
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
+
+from vllm_bento.loopback import LoopbackChat, StreamInterrupted, base_url_for
+
+BASE = "http://127.0.0.1:4321/v1"
+
+
+def sse(*events: dict[str, object] | str) -> bytes:
+    return b"".join(
+        f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode() for e in events)
+
+
+def chunk(text: str, finish: str | None = None) -> dict[str, object]:
+    return {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def collect(handler: Handler) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run the loopback stream against ``handler``; return the texts and the requests seen."""
+    seen: list[dict[str, Any]] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return handler(request)
+
+    chat = LoopbackChat("m", temperature=0.0,
+                        http_client=httpx.AsyncClient(transport=httpx.MockTransport(recording)))
+
+    async def run() -> list[str]:
+        return [t async for t in chat.stream(BASE, "hi", 128)]
+
+    return asyncio.run(run()), seen
+
+
+def test_streams_text_with_explicit_sampling() -> None:
+    body = sse(chunk(""), chunk("Ahoy"), chunk(" matey", "length"), "[DONE]")
+    texts, seen = collect(lambda _: httpx.Response(200, content=body,
+                                                   headers={"content-type": "text/event-stream"}))
+    assert texts == ["Ahoy", " matey"]
+    assert seen[0]["max_tokens"] == 128 and seen[0]["temperature"] == 0.0
+    assert seen[0]["stream"] is True and seen[0]["messages"][0]["content"] == "hi"
+
+
+def test_client_error_before_first_chunk_keeps_its_status() -> None:
+    error = {"error": {"message": "prompt too long", "type": "BadRequestError", "param": None,
+                       "code": 400}}
+    with pytest.raises(BentoMLException, match="prompt too long") as info:
+        collect(lambda _: httpx.Response(400, json=error))
+    assert info.value.error_code == 400
+
+
+def test_engine_failure_before_first_chunk_is_503() -> None:
+    with pytest.raises(ServiceUnavailable):
+        collect(lambda _: httpx.Response(500, json={"error": {"message": "boom"}}))
+
+
+def test_unreachable_engine_is_503() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(ServiceUnavailable):
+        collect(refuse)
+
+
+def test_error_after_first_chunk_interrupts_the_stream() -> None:
+    body = sse(chunk("Ahoy"), {"error": {"message": "engine died", "type": "x", "code": 500}})
+    with pytest.raises(StreamInterrupted):
+        collect(lambda _: httpx.Response(200, content=body,
+                                         headers={"content-type": "text/event-stream"}))
+
+
+def test_base_url_follows_the_served_address() -> None:
+    assert base_url_for(("127.0.0.1", 3456)) == "http://127.0.0.1:3456/v1"
+    assert base_url_for(("::1", 80)) == "http://[::1]:80/v1"
+    with pytest.raises(ServiceUnavailable):
+        base_url_for(None)

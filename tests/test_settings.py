@@ -1,0 +1,99 @@
+"""Configuration resolution: defaults per hardware, overrides by environment and build args."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bentoml._internal.utils.args import set_arguments
+from pydantic import ValidationError
+
+from vllm_bento import hardware
+from vllm_bento.hardware import Hardware
+from vllm_bento.settings import PACKAGED_MODEL_ID, engine_config, load_settings
+
+AVX2_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "fma"}))
+BF16_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
+ONE_L4 = Hardware(gpu_count=1, cpu_flags=frozenset({"avx2"}))
+TWO_GPUS = Hardware(gpu_count=2, cpu_flags=frozenset({"avx2"}))
+
+
+@pytest.fixture(autouse=True)
+def _no_build_args() -> None:
+    set_arguments({})
+
+
+def test_defaults_follow_bentoml_example() -> None:
+    s = load_settings()
+    assert s.model_id == PACKAGED_MODEL_ID and s.uses_packaged_model
+    assert s.max_model_len == 2048
+    assert s.enable_prefix_caching is True
+    assert s.max_tokens == 1024
+
+
+def test_cpu_without_bf16_unit_gets_float32_eager_and_explicit_kv_cache() -> None:
+    cfg = engine_config(load_settings(), AVX2_CPU)
+    assert (cfg.dtype, cfg.enforce_eager, cfg.tensor_parallel_size) == ("float32", True, 1)
+    assert cfg.cpu_kv_cache_gib == 2 and cfg.gpu_memory_utilization is None
+
+
+def test_cpu_with_bf16_unit_gets_bfloat16() -> None:
+    assert engine_config(load_settings(), BF16_CPU).dtype == "bfloat16"
+
+
+def test_gpu_gets_half_compiled_and_memory_share() -> None:
+    cfg = engine_config(load_settings(), ONE_L4)
+    assert (cfg.dtype, cfg.enforce_eager, cfg.tensor_parallel_size) == ("half", False, 1)
+    assert cfg.gpu_memory_utilization == 0.9 and cfg.cpu_kv_cache_gib is None
+
+
+def test_tensor_parallel_defaults_to_every_gpu() -> None:
+    assert engine_config(load_settings(), TWO_GPUS).tensor_parallel_size == 2
+
+
+def test_environment_overrides_every_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MODEL_ID", "meta-llama/Llama-3.1-8B-Instruct")
+    monkeypatch.setenv("LLM_DTYPE", "bfloat16")
+    monkeypatch.setenv("LLM_ENFORCE_EAGER", "false")
+    monkeypatch.setenv("LLM_ENABLE_PREFIX_CACHING", "false")
+    monkeypatch.setenv("LLM_CPU_KV_CACHE_GIB", "4")
+    monkeypatch.setenv("LLM_MAX_MODEL_LEN", "4096")
+    s = load_settings()
+    assert not s.uses_packaged_model
+    cfg = engine_config(s, AVX2_CPU)
+    assert cfg.served_model_name == "meta-llama/Llama-3.1-8B-Instruct"
+    assert (cfg.dtype, cfg.enforce_eager, cfg.enable_prefix_caching) == ("bfloat16", False, False)
+    assert (cfg.cpu_kv_cache_gib, cfg.max_model_len) == (4, 4096)
+
+
+def test_build_argument_sets_model_and_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_arguments({"model_id": "meta-llama/Llama-3.1-8B-Instruct", "dtype": "half"})
+    assert load_settings().model_id == "meta-llama/Llama-3.1-8B-Instruct"
+    monkeypatch.setenv("LLM_DTYPE", "float32")
+    assert load_settings().dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("LLM_DTYPE", "int3"), ("LLM_MAX_TOKENS", "64"), ("LLM_MAX_TOKENS", "2048"),
+     ("LLM_CPU_KV_CACHE_GIB", "0"), ("LLM_GPU_MEMORY_UTILIZATION", "1.5")],
+)
+def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, name: str,
+                                      value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        load_settings()
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nflags\t: other\n")
+    assert hardware.read_cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+    assert hardware.read_cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_cuda_visible_devices_alone_is_not_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # BentoML sets CUDA_VISIBLE_DEVICES=0 for a GPU service even on a machine without one.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr("shutil.which", lambda _: None)
+    assert hardware.count_gpus() == 0
