@@ -3,13 +3,16 @@
 Routes:
 - ``/v1/*``: vLLM's own OpenAI-compatible server (chat completions, completions, models, ...).
 - ``/generate``: streams the model's answer to a prompt, looped back through ``/v1``.
-- ``/livez``, ``/readyz``, ``/metrics``: BentoML's; ready only once the engine can serve.
+- ``/livez``, ``/readyz``, ``/metrics``: BentoML's; ready only while the engine can serve.
 
-Configuration is ``vllm_bento.settings``; the vLLM wiring is ``vllm_bento.vllm_entrypoints``.
+Both model routes sit behind ``vllm_bento.gate`` (API keys, in-flight cap, time limit, request
+log). Configuration is ``vllm_bento.settings``; the vLLM wiring is ``vllm_bento.vllm_entrypoints``;
+shutdown and engine death are ``vllm_bento.lifecycle``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
@@ -18,7 +21,9 @@ from typing import Annotated
 import bentoml
 from annotated_types import Ge, Le
 
-from vllm_bento import hardware
+from vllm_bento import hardware, lifecycle
+from vllm_bento.gate import STATE as GATE
+from vllm_bento.gate import Gate
 from vllm_bento.loopback import DEFAULT_PROMPT, LoopbackChat, base_url_for
 from vllm_bento.openai_mount import OpenAIMount
 from vllm_bento.packaged_model import MODEL_TAG
@@ -26,6 +31,9 @@ from vllm_bento.settings import engine_config, load_settings
 from vllm_bento.vllm_entrypoints import OpenAIServer, serve_openai
 
 logger = logging.getLogger(__name__)
+# BentoML configures only its own loggers; ours log through the same stream at INFO.
+logging.getLogger("vllm_bento").setLevel(logging.INFO)
+logging.getLogger(__name__).setLevel(logging.INFO)
 
 SETTINGS = load_settings()
 MAX_TOKENS = SETTINGS.max_tokens
@@ -48,6 +56,9 @@ IMAGE = bentoml.images.Image(python_version="3.11").requirements_file("requireme
     traffic={"timeout": 300},
     resources={"gpu": 1, "gpu_type": "nvidia-l4"},
     image=IMAGE,
+    # vllm_bento.gate logs one line per model request, with token counts; BentoML's access
+    # log would repeat each of them.
+    logging={"access": {"enabled": False}},
     # HF_TOKEN is passed on by the environment when set: declaring it here would make
     # `bentoml serve` refuse to start without it, and the default model needs none.
 )
@@ -60,24 +71,36 @@ class VLLM:
         self.settings = SETTINGS
         self.server: OpenAIServer | None = None
         self._stack = AsyncExitStack()
-        self.loopback = LoopbackChat(SETTINGS.model_id, SETTINGS.generate_temperature)
+        self._watchdog: asyncio.Task[None] | None = None
+        GATE.api_keys = SETTINGS.api_key_list
+        GATE.max_in_flight = SETTINGS.max_in_flight
+        GATE.request_timeout_s = SETTINGS.request_timeout_s
+        self.loopback = LoopbackChat(
+            SETTINGS.model_id, SETTINGS.generate_temperature, GATE.loopback_token
+        )
 
     @bentoml.on_startup
     async def start_engine(self) -> None:
+        lifecycle.install_drain_on_sigterm(GATE, self.settings.shutdown_grace_s)
         cfg = engine_config(self.settings, hardware.detect())
         model_path = getattr(self.model, "path", self.model)  # stored model or HF folder
         logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
         self.server = await self._stack.enter_async_context(serve_openai(cfg, str(model_path)))
         openai_api.target = self.server.app
+        self._watchdog = asyncio.create_task(lifecycle.watch_engine(self.server.engine, GATE))
+        GATE.open()
 
     @bentoml.on_shutdown
     async def stop_engine(self) -> None:
+        GATE.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         openai_api.target = None
         self.server = None
         await self._stack.aclose()
 
     async def __is_ready__(self) -> bool:
-        return self.server is not None and not self.server.engine.errored
+        return GATE.refusal is None and self.server is not None and not self.server.engine.errored
 
     @bentoml.api
     async def generate(
@@ -90,3 +113,7 @@ class VLLM:
         base_url = base_url_for(ctx.request.scope.get("server"))
         async for text in self.loopback.stream(base_url, prompt, max_tokens):
             yield text
+
+
+# The decorator turned the class into a bentoml.Service (untyped, hence the ignore).
+VLLM.add_asgi_middleware(Gate)  # type: ignore[attr-defined]

@@ -11,7 +11,8 @@ import httpx2 as httpx  # the transport the openai SDK (3.x) is built on
 import pytest
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from vllm_bento.loopback import LoopbackChat, StreamInterrupted, base_url_for
+from vllm_bento.errors import StreamCutOff
+from vllm_bento.loopback import LoopbackChat, base_url_for
 
 BASE = "http://127.0.0.1:4321/v1"
 
@@ -37,7 +38,7 @@ def collect(handler: Handler) -> tuple[list[str], list[dict[str, Any]]]:
         seen.append(json.loads(request.content))
         return handler(request)
 
-    chat = LoopbackChat("m", temperature=0.0,
+    chat = LoopbackChat("m", temperature=0.0, loopback_token="t",
                         http_client=httpx.AsyncClient(transport=httpx.MockTransport(recording)))
 
     async def run() -> list[str]:
@@ -53,6 +54,7 @@ def test_streams_text_with_explicit_sampling() -> None:
     assert texts == ["Ahoy", " matey"]
     assert seen[0]["max_tokens"] == 128 and seen[0]["temperature"] == 0.0
     assert seen[0]["stream"] is True and seen[0]["messages"][0]["content"] == "hi"
+    assert seen[0]["stream_options"] == {"include_usage": True}
 
 
 def test_client_error_before_first_chunk_keeps_its_status() -> None:
@@ -78,7 +80,14 @@ def test_unreachable_engine_is_503() -> None:
 
 def test_error_after_first_chunk_interrupts_the_stream() -> None:
     body = sse(chunk("Ahoy"), {"error": {"message": "engine died", "type": "x", "code": 500}})
-    with pytest.raises(StreamInterrupted):
+    with pytest.raises(StreamCutOff):
+        collect(lambda _: httpx.Response(200, content=body,
+                                         headers={"content-type": "text/event-stream"}))
+
+
+def test_aborted_generation_is_not_a_complete_answer() -> None:
+    body = sse(chunk("Ahoy"), chunk("", "abort"), "[DONE]")
+    with pytest.raises(StreamCutOff):
         collect(lambda _: httpx.Response(200, content=body,
                                          headers={"content-type": "text/event-stream"}))
 

@@ -11,7 +11,7 @@ from vllm_bento.vllm_entrypoints import VLLM_VERSION, cli_args, installed_vllm_v
 CPU_CFG = EngineConfig(
     served_model_name="org/model", max_model_len=2048, dtype="float32",
     enable_prefix_caching=True, enforce_eager=True, tensor_parallel_size=1,
-    gpu_memory_utilization=None, cpu_kv_cache_gib=2,
+    gpu_memory_utilization=None, cpu_kv_cache_gib=2, shutdown_timeout_s=30,
 )
 
 
@@ -41,6 +41,7 @@ def test_vllms_parser_takes_our_arguments() -> None:
     assert args.enable_prefix_caching is True
     assert args.kv_cache_memory_bytes == 2 * 2**30
     assert args.tensor_parallel_size == 1
+    assert args.shutdown_timeout == 30
 
 
 def test_gpu_arguments() -> None:

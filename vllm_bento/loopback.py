@@ -17,18 +17,13 @@ import httpx2
 import openai
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
+from vllm_bento.errors import StreamCutOff
+from vllm_bento.gate import LOOPBACK_HEADER
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "Who are you? Please respond in pirate speak!"
-
-
-class StreamInterrupted(BaseException):
-    """Raised after the first chunk when the answer cannot be finished.
-
-    A BaseException on purpose: BentoML's streaming wrapper catches ``Exception`` and then ends
-    the response as if it were complete; this passes through it to uvicorn, which closes the
-    connection without the closing chunk so that the client sees the stream broke.
-    """
+COMPLETE = ("stop", "length")  # finish reasons of an answer that ended normally
 
 
 def base_url_for(server: tuple[str, int] | None) -> str:
@@ -56,11 +51,13 @@ class LoopbackChat:
         self,
         model: str,
         temperature: float,
-        timeout: float = 300.0,
+        loopback_token: str,
+        timeout: float | None = None,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
         self.model = model
         self.temperature = temperature
+        self.loopback_token = loopback_token
         self.timeout = timeout
         self._http_client = http_client  # tests pass one with a fake transport
         self._client: openai.AsyncOpenAI | None = None
@@ -68,10 +65,12 @@ class LoopbackChat:
     def client(self, base_url: str) -> openai.AsyncOpenAI:
         """The one client, created on first use when the served address is known."""
         if self._client is None or str(self._client.base_url).rstrip("/") != base_url:
-            # The key is unused while /v1 is open, but the SDK requires one.
+            # The gate knows this server's own calls by the secret header: they need no API key
+            # (the SDK insists on one, so it gets a placeholder) and take no second slot.
             self._client = openai.AsyncOpenAI(
                 base_url=base_url,
                 api_key="loopback",
+                default_headers={LOOPBACK_HEADER: self.loopback_token},
                 timeout=self.timeout,
                 max_retries=0,
                 http_client=self._http_client,
@@ -83,9 +82,10 @@ class LoopbackChat:
 
         Raises:
             BentoMLException: before the first chunk, with the status to answer with.
-            StreamInterrupted: after the first chunk, when the answer cannot be completed.
+            StreamCutOff: after the first chunk, when the answer cannot be completed.
         """
         started = False
+        finish: str | None = None
         try:
             chunks = await self.client(base_url).chat.completions.create(
                 model=self.model,
@@ -93,16 +93,29 @@ class LoopbackChat:
                 max_tokens=max_tokens,
                 temperature=self.temperature,
                 stream=True,
+                stream_options={"include_usage": True},  # token counts for the request log
             )
-            async for chunk in chunks:
-                if chunk.choices and (text := chunk.choices[0].delta.content):
-                    started = True
-                    yield text
+            try:
+                async for chunk in chunks:
+                    if not chunk.choices:
+                        continue
+                    finish = chunk.choices[0].finish_reason or finish
+                    if text := chunk.choices[0].delta.content:
+                        started = True
+                        yield text
+            finally:
+                # When our client goes away this generator is closed early: closing the inner
+                # stream drops its connection, which makes vLLM abort the engine request.
+                await chunks.close()
         except openai.APIError as exc:  # the SDK wraps transport errors in APIConnectionError
             if started:
                 logger.exception("/generate stream cut off after it started")
-                raise StreamInterrupted(str(exc)) from exc
+                raise StreamCutOff(str(exc)) from exc
             if isinstance(exc, openai.APIStatusError):
                 raise upstream_error(exc) from exc
             logger.exception("/generate could not reach the model engine")
             raise ServiceUnavailable("the model engine is unreachable") from exc
+        if finish not in COMPLETE:
+            # e.g. "abort": the engine gave up on the request (shutdown, engine failure).
+            logger.error("/generate ended with finish_reason=%s; cutting the stream off", finish)
+            raise StreamCutOff(f"generation ended with finish_reason={finish}")

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
+from vllm_bento.errors import openai_error
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
-
-
-def openai_error(status: int, message: str, err_type: str) -> JSONResponse:
-    """A response in the shape OpenAI clients parse: ``{"error": {message, type, param, code}}``."""
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
-    return JSONResponse(body, status_code=status)
 
 
 class OpenAIMount:
@@ -27,7 +21,7 @@ class OpenAIMount:
         if scope["type"] == "lifespan":
             return  # BentoML owns the process lifespan; the engine starts in on_startup.
         if self.target is None:
-            response = openai_error(503, "The model engine is not running.", "ServiceUnavailable")
+            response = openai_error(503, "The model engine is not running.", "service_unavailable")
             await response(scope, receive, send)
             return
         # Starlette's Mount set root_path to ".../v1"; vLLM's routes carry the /v1 prefix

@@ -7,6 +7,7 @@ what was left unset with the default that fits the machine.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,21 @@ class Settings(BaseSettings):
     generate_temperature: float = Field(
         0.0, ge=0, le=2, description="Sampling temperature of /generate; 0 is greedy."
     )
+    api_keys: str = Field(
+        "", description="Comma-separated API keys. Set, /v1/* and /generate require "
+        "'Authorization: Bearer <key>'; unset, they are open.",
+    )
+    max_in_flight: int = Field(
+        64, ge=1, description="Requests in flight at once on /v1/* and /generate; more get 429."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Time limit of one request, in seconds; past it the request is "
+        "aborted in the engine and the client gets an error.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long requests in flight may run on before "
+        "they are aborted; new requests get 503 meanwhile.",
+    )
 
     @model_validator(mode="after")
     def _max_tokens_fit_context(self) -> Settings:
@@ -70,6 +86,10 @@ class Settings(BaseSettings):
     @property
     def uses_packaged_model(self) -> bool:
         return self.model_id == PACKAGED_MODEL_ID
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @classmethod
     def settings_customise_sources(
@@ -113,6 +133,7 @@ class EngineConfig:
     tensor_parallel_size: int
     gpu_memory_utilization: float | None  # GPU only
     cpu_kv_cache_gib: int | None  # CPU only
+    shutdown_timeout_s: int = 0  # how long the engine drains on SIGTERM before aborting
 
 
 def default_dtype(hw: Hardware) -> str:
@@ -142,4 +163,5 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         tensor_parallel_size=settings.tensor_parallel_size or max(hw.gpu_count, 1),
         gpu_memory_utilization=settings.gpu_memory_utilization if hw.has_gpu else None,
         cpu_kv_cache_gib=None if hw.has_gpu else settings.cpu_kv_cache_gib,
+        shutdown_timeout_s=math.ceil(settings.shutdown_grace_s),
     )

@@ -55,6 +55,9 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
         "--enable-prefix-caching" if cfg.enable_prefix_caching else "--no-enable-prefix-caching",
         # BentoML logs each request already.
         "--disable-uvicorn-access-log",
+        # The supervisor's SIGTERM reaches the engine processes too (circus signals the
+        # worker's children): let them finish requests in flight instead of aborting them.
+        "--shutdown-timeout", str(cfg.shutdown_timeout_s),
     ]
     if cfg.enforce_eager:
         argv.append("--enforce-eager")

@@ -1,0 +1,217 @@
+"""The gate in front of the model routes (``/v1/*`` and ``/generate``): API keys, the cap on
+requests in flight, refusal while the engine is down or the server is draining, the per-request
+time limit, and one log line per request.
+
+Answers it gives, each in the OpenAI error shape:
+
+- 401 ``authentication_error``: keys are configured and the bearer token is missing or wrong;
+- 503 ``service_unavailable``: the engine is not serving (starting, dead) or the server is
+  draining for shutdown; with ``Retry-After``;
+- 429 ``rate_limit_exceeded``: ``max_in_flight`` requests are already in flight; ``Retry-After``;
+- 504 ``timeout``: the request outran ``request_timeout_s`` before its response started. Once a
+  stream has started, an SSE stream gets a last ``data: {"error": ...}`` frame and
+  ``data: [DONE]``; a plain-text stream (``/generate``) is cut off without its final chunk.
+
+``/generate`` calls ``/v1`` on the same server; those inner calls carry a per-process secret
+header, so they pass the key check and do not take a second slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vllm_bento.errors import StreamCutOff, openai_error
+
+logger = logging.getLogger("vllm_bento.access")
+
+LOOPBACK_HEADER = "x-vllm-bento-loopback"
+_USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
+_TAIL_BYTES = 4096  # usage sits at the end of a response (last SSE chunk or JSON body)
+
+
+@dataclass
+class GateState:
+    """What the gate enforces; the service fills it from the settings at start-up."""
+
+    api_keys: tuple[str, ...] = ()
+    max_in_flight: int = 64
+    request_timeout_s: float | None = None
+    retry_after_s: int = 1
+    loopback_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    refusal: str | None = "The model engine is starting."  # None while serving
+    stopping: bool = False  # set once shutdown has begun: an engine exit is then expected
+    in_flight: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # admitted, to abort on drain
+
+    def open(self) -> None:
+        self.refusal = None
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.refusal = "The server is shutting down."
+
+    def refuse(self, reason: str) -> None:
+        self.refusal = reason
+
+    def key_ok(self, token: str) -> bool:
+        """Constant-time comparison against every configured key."""
+        given = token.encode()
+        return any(hmac.compare_digest(given, key.encode()) for key in self.api_keys)
+
+
+STATE = GateState()
+
+
+def is_model_route(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/generate"
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def bearer(scope: Scope) -> str:
+    auth = header(scope, b"authorization") or ""
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def token_counts(tail: bytes) -> tuple[str, str]:
+    """Prompt and completion tokens from the last usage object in a response tail, or '-'."""
+    found = list(_USAGE.finditer(tail))
+    if not found:
+        return "-", "-"
+    prompt, completion = found[-1].groups()
+    return prompt.decode(), completion.decode()
+
+
+class Gate:
+    """ASGI middleware enforcing ``STATE`` on the model routes; other routes pass untouched."""
+
+    def __init__(self, app: ASGIApp, state: GateState = STATE) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_model_route(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
+        exchange = Exchange(scope, send, request_id)
+        loopback = self._is_loopback(scope)
+        refused = self._refusal(scope, loopback)
+        if refused is not None:
+            status, message, err_type, headers = refused
+            await exchange.send_error(status, message, err_type, headers, receive)
+        else:
+            await self._admit(exchange, receive, loopback)
+        exchange.log(loopback)
+
+    def _is_loopback(self, scope: Scope) -> bool:
+        token = header(scope, LOOPBACK_HEADER.encode())
+        return token is not None and hmac.compare_digest(
+            token.encode(), self.state.loopback_token.encode())
+
+    def _refusal(self, scope: Scope, loopback: bool) -> tuple[int, str, str, dict[str, str]] | None:
+        state = self.state
+        retry = {"retry-after": str(state.retry_after_s)}
+        if state.api_keys and not loopback and not state.key_ok(bearer(scope)):
+            return (401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.",
+                    "authentication_error", {"www-authenticate": "Bearer"})
+        if state.refusal is not None:
+            return 503, state.refusal, "service_unavailable", retry
+        if not loopback and state.in_flight >= state.max_in_flight:
+            return (429, f"Too many requests in flight (limit {state.max_in_flight}); "
+                    "retry later.", "rate_limit_exceeded", retry)
+        return None
+
+    async def _admit(self, exchange: Exchange, receive: Receive, loopback: bool) -> None:
+        if loopback:  # the outer /generate request holds the slot and the time limit
+            await self.app(exchange.scope, receive, exchange.send)
+            return
+        task = asyncio.current_task()
+        self.state.in_flight += 1
+        if task is not None:
+            self.state.tasks.add(task)
+        try:
+            async with asyncio.timeout(self.state.request_timeout_s):
+                await self.app(exchange.scope, receive, exchange.send)
+        except TimeoutError:
+            await exchange.timed_out(self.state.request_timeout_s, receive)
+        finally:
+            if task is not None:
+                self.state.tasks.discard(task)
+            self.state.in_flight -= 1
+
+
+class Exchange:
+    """One request's response as it passes through the gate: what was sent, for the log line
+    and for ending a timed-out response the right way."""
+
+    def __init__(self, scope: Scope, send: Send, request_id: str) -> None:
+        self.scope = scope
+        self._send = send
+        self.request_id = request_id
+        self.started_at = time.monotonic()
+        self.status: int | None = None
+        self.sse = False  # an OpenAI stream (BentoML labels /generate's plain text SSE too)
+        self.finished = False
+        self.tail = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = list(message.get("headers", []))
+            headers.append((b"x-request-id", self.request_id.encode()))
+            message = {**message, "headers": headers}
+            content_type = dict(headers).get(b"content-type", b"")
+            self.sse = self.scope["path"].startswith("/v1/") and content_type.startswith(
+                b"text/event-stream")
+        elif message["type"] == "http.response.body":
+            self.tail = (self.tail + message.get("body", b""))[-_TAIL_BYTES:]
+            self.finished = not message.get("more_body", False)
+        await self._send(message)
+
+    async def send_error(self, status: int, message: str, err_type: str,
+                         headers: dict[str, str], receive: Receive) -> None:
+        response = openai_error(status, message, err_type)
+        response.headers.update(headers)
+        await response(self.scope, receive, self.send)
+
+    async def timed_out(self, limit: float | None, receive: Receive) -> None:
+        message = f"The request did not finish within the time limit of {limit} s."
+        if self.status is None:
+            await self.send_error(504, message, "timeout", {}, receive)
+        elif self.finished:
+            return
+        elif self.sse:
+            error = {"error": {"message": message, "type": "timeout", "param": None, "code": 504}}
+            frames = f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
+            await self.send({"type": "http.response.body", "body": frames, "more_body": False})
+        else:
+            self.status = 504
+            self.log(loopback=False)
+            raise StreamCutOff(message)
+
+    def log(self, loopback: bool) -> None:
+        prompt, completion = token_counts(self.tail)
+        logger.info(
+            "request_id=%s method=%s path=%s status=%s prompt_tokens=%s completion_tokens=%s "
+            "latency_ms=%.0f loopback=%s",
+            self.request_id, self.scope.get("method"), self.scope["path"], self.status,
+            prompt, completion, (time.monotonic() - self.started_at) * 1000, int(loopback),
+        )
+

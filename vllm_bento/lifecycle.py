@@ -1,0 +1,110 @@
+"""What happens when the server is told to stop, and when the engine dies under it.
+
+Stop (SIGTERM): the gate refuses new requests with 503 at once; requests in flight run on for
+``shutdown_grace_s``; those still running are then cancelled (vLLM aborts their engine requests);
+then uvicorn's own shutdown runs the service's shutdown hook, which stops the engine.
+
+Engine death: the gate refuses new requests with 503 and ``/readyz`` turns 503; requests in
+flight get vLLM's error; after a short pause the whole server exits non-zero, so the supervisor
+that started it (Kubernetes, BentoCloud, systemd) starts a new one. In-process recovery is not
+attempted: a dead engine leaves vLLM's client state unusable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from vllm_bento.gate import GateState
+
+if TYPE_CHECKING:
+    from vllm.engine.protocol import EngineClient
+
+logger = logging.getLogger(__name__)
+
+ENGINE_POLL_S = 0.5
+DEATH_EXIT_DELAY_S = 1.0  # lets requests in flight receive their error before the exit
+EXIT_CODE_ENGINE_DEAD = 3
+
+SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+async def watch_engine(engine: EngineClient, state: GateState) -> None:
+    """Poll the engine; when it has died, refuse requests and end the server."""
+    while not engine.errored:
+        await asyncio.sleep(ENGINE_POLL_S)
+    if state.stopping:
+        return  # the engine exits on the supervisor's SIGTERM too; that is no failure
+    logger.error("The vLLM engine died (%s); exiting so the supervisor restarts the server",
+                 getattr(engine, "dead_error", "engine errored"))
+    state.refuse("The model engine died; the server is restarting.")
+    await asyncio.sleep(DEATH_EXIT_DELAY_S)
+    exit_server(EXIT_CODE_ENGINE_DEAD)
+
+
+def exit_server(code: int) -> None:
+    """End this worker, its engine processes, and the BentoML arbiter that supervises it.
+
+    The arbiter (circus, the ``bentoml serve`` process) would otherwise start a new worker and
+    exit 0 when stopped, hiding the failure from the outer supervisor; it is killed so that
+    ``bentoml serve`` ends non-zero.
+    """
+    me = psutil.Process()
+    for child in me.children(recursive=True):
+        child.kill()
+    parent = me.parent()
+    if parent is not None and is_bentoml_arbiter(parent):
+        parent.kill()
+    os._exit(code)
+
+
+def is_bentoml_arbiter(process: psutil.Process) -> bool:
+    try:
+        cmdline = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return "circus" in process.name() or "bentoml" in cmdline
+
+
+def install_drain_on_sigterm(state: GateState, grace_s: float) -> None:
+    """Replace uvicorn's SIGTERM handler (installed before start-up hooks run) with one that
+    drains first and then hands over to it."""
+    loop = asyncio.get_running_loop()
+    uvicorn_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(uvicorn_handler):
+        logger.warning("No SIGTERM handler to chain to; shutdown will not drain")
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(
+            lambda: loop.create_task(drain(state, grace_s, lambda: uvicorn_handler(signum, frame)))
+        )
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def drain(state: GateState, grace_s: float, then: Callable[[], object]) -> None:
+    """Refuse new requests, wait up to ``grace_s`` for those in flight, cancel the rest, then
+    call ``then`` (uvicorn's shutdown)."""
+    if state.stopping:
+        return  # a second SIGTERM while draining
+    state.stop()
+    deadline = time.monotonic() + grace_s
+    logger.info("Draining %d request(s) for up to %.0f s", state.in_flight, grace_s)
+    while state.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if state.tasks:
+        logger.warning("Aborting %d request(s) still running after the grace period",
+                       len(state.tasks))
+        for task in list(state.tasks):
+            task.cancel()
+        await asyncio.sleep(0.5)
+    then()
