@@ -20,7 +20,7 @@ def test_models_lists_the_served_model(openai_client: openai.OpenAI) -> None:
 
 def test_chat_completion(openai_client: openai.OpenAI) -> None:
     reply = openai_client.chat.completions.create(
-        model=MODEL, messages=PIRATE, max_tokens=32, temperature=0)  # type: ignore[arg-type]
+        model=MODEL, messages=PIRATE, max_tokens=32, temperature=0)
     choice = reply.choices[0]
     assert choice.message.role == "assistant"
     assert len(choice.message.content or "") > 10
@@ -30,7 +30,7 @@ def test_chat_completion(openai_client: openai.OpenAI) -> None:
 
 def test_chat_completion_streams(openai_client: openai.OpenAI) -> None:
     stream = openai_client.chat.completions.create(
-        model=MODEL, messages=PIRATE, max_tokens=32, stream=True)  # type: ignore[arg-type]
+        model=MODEL, messages=PIRATE, max_tokens=32, stream=True)
     texts, finish = [], None
     for chunk in stream:
         assert isinstance(chunk, ChatCompletionChunk)

@@ -1,21 +1,37 @@
 """The ASGI app BentoML mounts at ``/v1``: it hands each request to vLLM's OpenAI app once the
-engine is up, and answers 503 in the OpenAI error shape before that and after shutdown."""
+engine is up, and answers 503 in the OpenAI error shape before that and after shutdown.
+
+It also serves ``/v1/openapi.json``: vLLM's own OpenAPI document, cut down to the ``/v1``
+operations reachable here (BentoML's ``/docs.json`` only describes its own routes).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse
 
 from vllm_bento.errors import openai_error
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from fastapi import FastAPI
+    from starlette.types import Receive, Scope, Send
+
+OPENAPI_PATH = "/v1/openapi.json"
+
+
+def v1_openapi(app: FastAPI) -> dict[str, Any]:
+    """vLLM's OpenAPI document with only the paths under ``/v1``."""
+    spec = dict(app.openapi())
+    spec["paths"] = {p: ops for p, ops in spec["paths"].items() if p.startswith("/v1/")}
+    return spec
 
 
 class OpenAIMount:
     """Forwards to ``target`` (vLLM's FastAPI app), set when the engine is ready."""
 
     def __init__(self) -> None:
-        self.target: ASGIApp | None = None
+        self.target: FastAPI | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -23,6 +39,9 @@ class OpenAIMount:
         if self.target is None:
             response = openai_error(503, "The model engine is not running.", "service_unavailable")
             await response(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] == OPENAPI_PATH:
+            await JSONResponse(v1_openapi(self.target))(scope, receive, send)
             return
         # Starlette's Mount set root_path to ".../v1"; vLLM's routes carry the /v1 prefix
         # themselves, so give vLLM the path as the client sent it.

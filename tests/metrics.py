@@ -1,0 +1,63 @@
+"""Reading the served instance's Prometheus metrics and process memory."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(url: str, name: str, **labels: str) -> float | None:
+    """The sum of a vLLM series on /metrics (matching ``labels``), None when absent."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = [sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples
+              if sample.name == name and labels.items() <= sample.labels.items()]
+    return sum(values) if values else None
+
+
+def running_requests(url: str) -> float | None:
+    """vLLM's gauge of requests running in the engine. It is refreshed when the engine steps
+    and by the periodic stats log (10 s), so it can lag behind an idle engine."""
+    return scrape(url, "vllm:num_requests_running")
+
+
+def aborted_requests(url: str) -> float:
+    """vLLM's count of requests that ended aborted; counted as the abort happens."""
+    return scrape(url, "vllm:request_success_total", finished_reason="abort") or 0.0
+
+
+def seconds_until_aborted(url: str, before: float, timeout: float = 10.0) -> float:
+    """Seconds until vLLM counts one more aborted request than ``before``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if aborted_requests(url) > before:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"no request aborted within {timeout} s")
+
+
+def seconds_until_idle(url: str, timeout: float = 20.0) -> float:
+    """Seconds until the engine runs no request; raises if it does not get there in time."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if running_requests(url) == 0.0:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    lines = [line for line in text.splitlines() if "num_requests_running" in line]
+    raise AssertionError(f"engine still running requests after {timeout} s: {lines}")
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB."""
+    root = psutil.Process(pid)
+    total = 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20

@@ -1,0 +1,210 @@
+"""A server with API keys, a small in-flight cap and a short time limit: authentication,
+overload, time limits, client disconnects, and (last, as it stops the server) graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import bentoml
+import httpx
+import openai
+import pytest
+
+from tests import served
+from tests.conftest import MODEL
+from tests.metrics import (
+    aborted_requests,
+    running_requests,
+    seconds_until_aborted,
+    tree_rss_mib,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KEY = "test-key-1"
+CAP = 2
+TIME_LIMIT_S = 20  # above the slowest normal request here (128 tokens on a busy machine)
+GRACE_S = 6
+LONG_STORY = [{"role": "user", "content": "Tell me a very long story about pirates."}]
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[served.Served]:
+    env = {"LLM_API_KEYS": f"other-key,{KEY}", "LLM_MAX_IN_FLIGHT": str(CAP),
+           "LLM_REQUEST_TIMEOUT_S": str(TIME_LIMIT_S), "LLM_SHUTDOWN_GRACE_S": str(GRACE_S)}
+    server = served.start("guarded", env)
+    try:
+        served.wait_ready(server)
+        yield server
+    finally:
+        served.stop(server)
+
+
+def client(server: served.Served, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+# -- API keys -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
+                                     {"Authorization": f"Basic {KEY}"}])
+def test_model_routes_need_a_valid_key(guarded: served.Served, headers: dict[str, str]) -> None:
+    for method, path, body in [("GET", "/v1/models", None),
+                               ("POST", "/v1/chat/completions", {"model": MODEL}),
+                               ("POST", "/generate", {"max_tokens": 128})]:
+        r = httpx.request(method, f"{guarded.url}{path}", json=body, headers=headers, timeout=30)
+        assert r.status_code == 401, (path, r.text)
+        assert r.json()["error"]["type"] == "authentication_error"
+
+
+def test_health_and_metrics_stay_open(guarded: served.Served) -> None:
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{guarded.url}{path}", timeout=30).status_code == 200
+
+
+def test_openai_sdk_with_api_key(guarded: served.Served) -> None:
+    reply = client(guarded).chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
+    assert reply.choices[0].message.content
+    with pytest.raises(openai.AuthenticationError):
+        client(guarded, key="wrong").models.list()
+
+
+def test_bentoml_client_with_token(guarded: served.Served) -> None:
+    with bentoml.SyncHTTPClient(guarded.url, token=KEY, timeout=120) as c:
+        assert "".join(c.generate(max_tokens=128)).strip()
+
+
+# -- overload ---------------------------------------------------------------------------------
+
+def stream_once(server: served.Served) -> str:
+    """One streaming chat; returns its finish_reason, or 'refused' for a 429."""
+    try:
+        stream = client(server).chat.completions.create(
+            model=MODEL, messages=LONG_STORY, max_tokens=24, stream=True)
+        finish = None
+        for chunk in stream:
+            if chunk.choices:
+                finish = chunk.choices[0].finish_reason or finish
+        assert finish in ("stop", "length"), f"stream ended without finish_reason: {finish}"
+        return finish
+    except openai.RateLimitError as exc:
+        body = exc.response.json()
+        assert body["error"]["type"] == "rate_limit_exceeded"
+        assert exc.response.headers["retry-after"] == "1"
+        return "refused"
+
+
+def test_overload_is_refused_with_429_and_admitted_requests_complete(
+        guarded: served.Served) -> None:
+    clients, duration_s = 4 * CAP, 20.0
+    rss_before = tree_rss_mib(guarded.process.pid)
+    deadline = time.monotonic() + duration_s
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            outcome = stream_once(guarded)  # raises on a 5xx or a broken stream
+            with lock:
+                outcomes.append(outcome)
+            if outcome == "refused":
+                time.sleep(0.2)
+
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(worker) for _ in range(clients)]:
+            future.result()
+    rss_after = tree_rss_mib(guarded.process.pid)
+    admitted = len([o for o in outcomes if o != "refused"])
+    refused = len(outcomes) - admitted
+    print(f"\nload: {clients} clients, {duration_s:.0f} s, {len(outcomes)} requests, "
+          f"{admitted} completed, {refused} refused (429), 0 failed; "
+          f"server RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
+    assert admitted > 0 and refused > 0
+    assert rss_after - rss_before < 512, "server memory grew under load"
+    assert stream_once(guarded) != "refused", "slots were not given back after the load"
+
+
+# -- time limit and disconnects -------------------------------------------------------------------
+
+def test_stream_over_time_limit_ends_with_error_frame(guarded: served.Served) -> None:
+    body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": 1500, "stream": True,
+            "ignore_eos": True}
+    aborted = aborted_requests(guarded.url)
+    start = time.monotonic()
+    with httpx.stream("POST", f"{guarded.url}/v1/chat/completions", json=body, headers=AUTH,
+                      timeout=120) as r:
+        assert r.status_code == 200
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert TIME_LIMIT_S - 1 < time.monotonic() - start < TIME_LIMIT_S + 10
+    assert events[-1] == "data: [DONE]"
+    assert '"type": "timeout"' in events[-2] and "time limit" in events[-2]
+    assert seconds_until_aborted(guarded.url, aborted) < 3  # aborted in the engine too
+
+
+@pytest.mark.parametrize("route", ["chat", "generate"])
+def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str) -> None:
+    if route == "chat":
+        request = {"url": f"{guarded.url}/v1/chat/completions", "json": {
+            "model": MODEL, "messages": LONG_STORY, "max_tokens": 1000, "stream": True}}
+    else:
+        request = {"url": f"{guarded.url}/generate", "json": {"max_tokens": 1000}}
+    aborted = aborted_requests(guarded.url)
+    with httpx.stream("POST", headers=AUTH, timeout=60, **request) as r:
+        chunks = r.iter_bytes()
+        next(chunks), next(chunks)  # the answer is streaming
+    # leaving the block closed the connection mid-stream
+    waited = seconds_until_aborted(guarded.url, aborted, timeout=5)
+    print(f"\n{route}: engine request aborted {waited:.2f} s after the client left")
+    assert waited < 1.5
+    assert aborted_requests(guarded.url) == aborted + 1
+
+
+# -- graceful shutdown (stops the server: keep last) ------------------------------------------
+
+def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
+    results: dict[str, object] = {}
+
+    def short_request() -> None:  # finishes well within the grace period
+        results["short"] = client(guarded).chat.completions.create(
+            model=MODEL, messages=LONG_STORY, max_tokens=48, extra_body={"ignore_eos": True})
+
+    def long_request() -> None:  # outlives the grace period
+        body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": 1500, "stream": True,
+                "ignore_eos": True}
+        try:
+            with httpx.stream("POST", f"{guarded.url}/v1/chat/completions", headers=AUTH,
+                              json=body, timeout=120) as r:
+                results["long_events"] = [x for x in r.iter_lines() if x.startswith("data:")]
+        except httpx.HTTPError as exc:
+            results["long_events"] = [f"broken: {exc!r}"]
+
+    threads = [threading.Thread(target=f) for f in (short_request, long_request)]
+    for t in threads:
+        t.start()
+    while (running_requests(guarded.url) or 0) < 2:
+        time.sleep(0.1)
+    children = guarded.descendants()
+    guarded.process.send_signal(15)
+    time.sleep(1)
+    r = httpx.get(f"{guarded.url}/v1/models", headers=AUTH, timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["message"] == "The server is shutting down."
+    assert httpx.get(f"{guarded.url}/readyz", timeout=10).status_code == 503
+    for t in threads:
+        t.join(timeout=GRACE_S + 60)
+    short = results["short"]
+    assert isinstance(short, openai.types.chat.ChatCompletion)
+    assert short.choices[0].finish_reason == "length"  # finished, not aborted
+    # The long one was aborted at the end of the grace period, visibly: no normal finish.
+    events = results["long_events"]
+    assert isinstance(events, list) and events
+    assert not any('"finish_reason":"length"' in e or '"finish_reason": "length"' in e
+                   for e in events), events[-3:]
+    assert guarded.process.wait(60) == 0
+    time.sleep(1)
+    assert not [p for p in children if p.is_running() and p.status() != "zombie"]

@@ -1,0 +1,134 @@
+"""The gate in front of the model routes, driven in-process with fake apps (unit tier)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from vllm_bento.errors import StreamCutOff
+from vllm_bento.gate import LOOPBACK_HEADER, Gate, GateState, token_counts
+
+
+def scope(path: str, headers: dict[str, str] | None = None) -> Scope:
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return {"type": "http", "method": "POST", "path": path, "headers": raw}
+
+
+async def receive() -> Message:
+    await asyncio.sleep(3600)
+    return {"type": "http.disconnect"}
+
+
+def app_streaming(chunks: list[bytes], delay: float = 0.0,
+                  content_type: bytes = b"text/event-stream") -> Any:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", content_type)]})
+        for c in chunks:
+            await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": c, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return app
+
+
+def call(gate: Gate, s: Scope) -> list[Message]:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(gate(s, receive, send))
+    return sent
+
+
+def status_and_body(sent: list[Message]) -> tuple[int, bytes]:
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def open_state(**kw: Any) -> GateState:
+    state = GateState(**kw)
+    state.open()
+    return state
+
+
+def test_passes_other_routes_untouched_even_when_refusing() -> None:
+    gate = Gate(app_streaming([b"ok"]), GateState())  # starting: model routes refused
+    assert status_and_body(call(gate, scope("/livez")))[0] == 200
+    status, body = status_and_body(call(gate, scope("/v1/models")))
+    assert status == 503 and json.loads(body)["error"]["type"] == "service_unavailable"
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer nope", "Basic k2", "Bearer"])
+def test_refuses_missing_or_wrong_key_with_openai_401(auth: str | None) -> None:
+    gate = Gate(app_streaming([b"ok"]), open_state(api_keys=("k1", "k2")))
+    status, body = status_and_body(call(gate, scope("/generate", {"Authorization": auth}
+                                                    if auth else {})))
+    assert status == 401
+    assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+
+
+def test_accepts_any_configured_key_and_the_loopback_token() -> None:
+    state = open_state(api_keys=("k1", "k2"))
+    gate = Gate(app_streaming([b"ok"]), state)
+    assert status_and_body(call(gate, scope("/v1/x", {"Authorization": "Bearer k2"})))[0] == 200
+    loop = {LOOPBACK_HEADER: state.loopback_token}
+    assert status_and_body(call(gate, scope("/v1/x", loop)))[0] == 200
+    forged = {LOOPBACK_HEADER: "guess"}
+    assert status_and_body(call(gate, scope("/v1/x", forged)))[0] == 401
+
+
+def test_over_the_cap_is_429_with_retry_after_and_loopback_takes_no_slot() -> None:
+    state = open_state(max_in_flight=1)
+    state.in_flight = 1
+    gate = Gate(app_streaming([b"ok"]), state)
+    sent = call(gate, scope("/v1/chat/completions"))
+    status, body = status_and_body(sent)
+    assert status == 429 and json.loads(body)["error"]["type"] == "rate_limit_exceeded"
+    assert (b"retry-after", b"1") in sent[0]["headers"]
+    loop = {LOOPBACK_HEADER: state.loopback_token}
+    assert status_and_body(call(gate, scope("/v1/chat/completions", loop)))[0] == 200
+    assert state.in_flight == 1
+
+
+def test_in_flight_count_returns_to_zero_and_request_id_is_echoed() -> None:
+    state = open_state()
+    sent = call(Gate(app_streaming([b"a", b"b"]), state),
+                scope("/generate", {"X-Request-Id": "abc"}))
+    assert (b"x-request-id", b"abc") in sent[0]["headers"]
+    assert state.in_flight == 0 and not state.tasks
+
+
+def test_timeout_before_the_response_is_504() -> None:
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(5)
+
+    status, body = status_and_body(call(Gate(slow, open_state(request_timeout_s=0.1)),
+                                        scope("/v1/chat/completions")))
+    assert status == 504 and "time limit" in json.loads(body)["error"]["message"]
+
+
+def test_timeout_of_an_openai_stream_ends_with_error_frame_and_done() -> None:
+    gate = Gate(app_streaming([b"data: {}\n\n"] * 50, delay=0.05),
+                open_state(request_timeout_s=0.3))
+    status, body = status_and_body(call(gate, scope("/v1/chat/completions")))
+    assert status == 200
+    frames = body.decode().strip().split("\n\n")
+    assert frames[-1] == "data: [DONE]" and '"type": "timeout"' in frames[-2]
+
+
+def test_timeout_of_a_generate_stream_cuts_it_off() -> None:
+    gate = Gate(app_streaming([b"text"] * 50, delay=0.05), open_state(request_timeout_s=0.3))
+    with pytest.raises(StreamCutOff):
+        call(gate, scope("/generate"))
+
+
+def test_token_counts_come_from_the_last_usage() -> None:
+    tail = (b'data: {"usage": null}\n\ndata: {"choices": [], "usage": {"prompt_tokens": 40, '
+            b'"total_tokens": 168, "completion_tokens": 128}}\n\ndata: [DONE]\n\n')
+    assert token_counts(tail) == ("40", "128")
+    assert token_counts(b"plain text") == ("-", "-")
