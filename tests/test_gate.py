@@ -132,3 +132,16 @@ def test_token_counts_come_from_the_last_usage() -> None:
             b'"total_tokens": 168, "completion_tokens": 128}}\n\ndata: [DONE]\n\n')
     assert token_counts(tail) == ("40", "128")
     assert token_counts(b"plain text") == ("-", "-")
+
+
+def test_timeout_tells_the_app_the_client_is_gone() -> None:
+    """vLLM aborts the engine request when it sees the disconnect; the gate relies on that."""
+    seen: list[str] = []
+
+    async def listening(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        seen.append((await receive())["type"])
+
+    call(Gate(listening, open_state(request_timeout_s=0.2)), scope("/v1/chat/completions"))
+    assert seen == ["http.disconnect"]

@@ -19,6 +19,7 @@ header, so they pass the key check and do not take a second slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -37,6 +38,7 @@ logger = logging.getLogger("vllm_bento.access")
 LOOPBACK_HEADER = "x-vllm-bento-loopback"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
 _TAIL_BYTES = 4096  # usage sits at the end of a response (last SSE chunk or JSON body)
+ABORT_WAIT_S = 5.0  # how long a timed-out app gets to abort its engine request
 
 
 @dataclass
@@ -147,14 +149,52 @@ class Gate:
         if task is not None:
             self.state.tasks.add(task)
         try:
-            async with asyncio.timeout(self.state.request_timeout_s):
-                await self.app(exchange.scope, receive, exchange.send)
-        except TimeoutError:
-            await exchange.timed_out(self.state.request_timeout_s, receive)
+            await self._run_with_time_limit(exchange, receive)
         finally:
             if task is not None:
                 self.state.tasks.discard(task)
             self.state.in_flight -= 1
+
+    async def _run_with_time_limit(self, exchange: Exchange, receive: Receive) -> None:
+        """Run the app; past the limit, tell it the client has gone (the one path on which vLLM
+        and BentoML reliably abort the engine request), then end the response ourselves."""
+        channel = Disconnectable(receive)
+        app = asyncio.ensure_future(self.app(exchange.scope, channel, exchange.send))
+        try:
+            await asyncio.wait_for(asyncio.shield(app), self.state.request_timeout_s)
+            return
+        except TimeoutError:
+            exchange.muted = True
+            channel.disconnect()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(app, ABORT_WAIT_S)
+        except asyncio.CancelledError:
+            app.cancel()
+            raise
+        await exchange.timed_out(self.state.request_timeout_s, receive)
+
+
+class Disconnectable:
+    """The request's receive channel, which can also report that the client disconnected."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._gone = asyncio.Event()
+
+    def disconnect(self) -> None:
+        self._gone.set()
+
+    async def __call__(self) -> Message:
+        if self._gone.is_set():
+            return {"type": "http.disconnect"}
+        received = asyncio.ensure_future(self._receive())
+        gone = asyncio.ensure_future(self._gone.wait())
+        await asyncio.wait({received, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if received.done():
+            gone.cancel()
+            return received.result()
+        received.cancel()
+        return {"type": "http.disconnect"}
 
 
 class Exchange:
@@ -167,11 +207,17 @@ class Exchange:
         self.request_id = request_id
         self.started_at = time.monotonic()
         self.status: int | None = None
+        self.muted = False  # set on timeout: the app's own late messages are dropped
         self.sse = False  # an OpenAI stream (BentoML labels /generate's plain text SSE too)
         self.finished = False
         self.tail = b""
 
     async def send(self, message: Message) -> None:
+        """The send channel handed to the app."""
+        if not self.muted:
+            await self.emit(message)
+
+    async def emit(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = list(message.get("headers", []))
@@ -189,7 +235,7 @@ class Exchange:
                          headers: dict[str, str], receive: Receive) -> None:
         response = openai_error(status, message, err_type)
         response.headers.update(headers)
-        await response(self.scope, receive, self.send)
+        await response(self.scope, receive, self.emit)
 
     async def timed_out(self, limit: float | None, receive: Receive) -> None:
         message = f"The request did not finish within the time limit of {limit} s."
@@ -200,7 +246,7 @@ class Exchange:
         elif self.sse:
             error = {"error": {"message": message, "type": "timeout", "param": None, "code": 504}}
             frames = f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
-            await self.send({"type": "http.response.body", "body": frames, "more_body": False})
+            await self.emit({"type": "http.response.body", "body": frames, "more_body": False})
         else:
             self.status = 504
             self.log(loopback=False)
