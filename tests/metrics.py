@@ -24,19 +24,26 @@ def running_requests(url: str) -> float | None:
     return scrape(url, "vllm:num_requests_running")
 
 
-def aborted_requests(url: str) -> float:
-    """vLLM's count of requests that ended aborted; counted as the abort happens."""
-    return scrape(url, "vllm:request_success_total", finished_reason="abort") or 0.0
+def generated_tokens(url: str) -> float:
+    """vLLM's count of tokens generated so far; counted as each engine step's output arrives.
+    (Requests aborted because their client left are not counted under
+    ``vllm:request_success_total{finished_reason="abort"}``, so that cannot prove an abort.)"""
+    return scrape(url, "vllm:generation_tokens_total") or 0.0
 
 
-def seconds_until_aborted(url: str, before: float, timeout: float = 10.0) -> float:
-    """Seconds until vLLM counts one more aborted request than ``before``."""
+def seconds_until_generation_stops(url: str, quiet_s: float = 2.0, timeout: float = 20.0) -> float:
+    """Seconds from now until the engine produced its last token, once no token has been
+    generated for ``quiet_s``; raises if generation does not stop within ``timeout``."""
     start = time.monotonic()
+    last_count, last_change = generated_tokens(url), start
     while time.monotonic() - start < timeout:
-        if aborted_requests(url) > before:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"no request aborted within {timeout} s")
+        time.sleep(0.1)
+        count = generated_tokens(url)
+        if count != last_count:
+            last_count, last_change = count, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            return last_change - start
+    raise AssertionError(f"the engine still generates tokens after {timeout} s")
 
 
 def seconds_until_idle(url: str, timeout: float = 20.0) -> float:

@@ -17,9 +17,8 @@ import pytest
 from tests import served
 from tests.conftest import MODEL
 from tests.metrics import (
-    aborted_requests,
     running_requests,
-    seconds_until_aborted,
+    seconds_until_generation_stops,
     tree_rss_mib,
 )
 
@@ -135,7 +134,6 @@ def test_overload_is_refused_with_429_and_admitted_requests_complete(
 def test_stream_over_time_limit_ends_with_error_frame(guarded: served.Served) -> None:
     body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": 1500, "stream": True,
             "ignore_eos": True}
-    aborted = aborted_requests(guarded.url)
     start = time.monotonic()
     with httpx.stream("POST", f"{guarded.url}/v1/chat/completions", json=body, headers=AUTH,
                       timeout=120) as r:
@@ -144,7 +142,7 @@ def test_stream_over_time_limit_ends_with_error_frame(guarded: served.Served) ->
     assert TIME_LIMIT_S - 1 < time.monotonic() - start < TIME_LIMIT_S + 10
     assert events[-1] == "data: [DONE]"
     assert '"type": "timeout"' in events[-2] and "time limit" in events[-2]
-    assert seconds_until_aborted(guarded.url, aborted) < 3  # aborted in the engine too
+    assert seconds_until_generation_stops(guarded.url) < 1.5  # aborted in the engine too
 
 
 @pytest.mark.parametrize("route", ["chat", "generate"])
@@ -154,15 +152,13 @@ def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str
             "model": MODEL, "messages": LONG_STORY, "max_tokens": 1000, "stream": True}}
     else:
         request = {"url": f"{guarded.url}/generate", "json": {"max_tokens": 1000}}
-    aborted = aborted_requests(guarded.url)
     with httpx.stream("POST", headers=AUTH, timeout=60, **request) as r:
         chunks = r.iter_bytes()
         next(chunks), next(chunks)  # the answer is streaming
     # leaving the block closed the connection mid-stream
-    waited = seconds_until_aborted(guarded.url, aborted, timeout=5)
-    print(f"\n{route}: engine request aborted {waited:.2f} s after the client left")
+    waited = seconds_until_generation_stops(guarded.url)
+    print(f"\n{route}: the engine stopped generating {waited:.2f} s after the client left")
     assert waited < 1.5
-    assert aborted_requests(guarded.url) == aborted + 1
 
 
 # -- graceful shutdown (stops the server: keep last) ------------------------------------------
