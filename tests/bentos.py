@@ -28,12 +28,13 @@ def bentoml_env(home: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **extra}
 
 
-def run_bentoml(command: str, env: dict[str, str], cwd: Path = ROOT,
-                extra_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """Run a README `bentoml ...` command as written (with this venv's bentoml)."""
-    argv = shlex.split(command)
-    assert argv[0] == "bentoml", command
-    return subprocess.run([BENTOML, *argv[1:], *extra_args], cwd=cwd, env=env,
+def run_bentoml(command: str, env: dict[str, str],
+                cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run a README `bentoml ...` command as written, in bash, with this venv's bentoml first
+    on the PATH."""
+    assert shlex.split(command)[0] == "bentoml", command
+    path = f"{Path(BENTOML).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env={**env, "PATH": path},
                           capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
 
 
