@@ -21,12 +21,11 @@ from typing import Annotated
 import bentoml
 from annotated_types import Ge, Le
 
-from vllm_bento import hardware, lifecycle
+from vllm_bento import bento_spec, hardware, lifecycle
 from vllm_bento.gate import STATE as GATE
 from vllm_bento.gate import Gate
 from vllm_bento.loopback import DEFAULT_PROMPT, LoopbackChat, base_url_for
 from vllm_bento.openai_mount import OpenAIMount
-from vllm_bento.packaged_model import MODEL_TAG
 from vllm_bento.settings import engine_config, load_settings
 from vllm_bento.vllm_entrypoints import OpenAIServer, serve_openai
 
@@ -40,27 +39,20 @@ MAX_TOKENS = SETTINGS.max_tokens
 
 openai_api = OpenAIMount()
 
-if SETTINGS.uses_packaged_model:
-    MODEL: bentoml.models.BentoModel | bentoml.models.HuggingFaceModel = (
-        bentoml.models.BentoModel(MODEL_TAG)
-    )
-else:
-    MODEL = bentoml.models.HuggingFaceModel(SETTINGS.model_id, exclude=["*.pth", "*.pt"])
-
-IMAGE = bentoml.images.Image(python_version="3.11").requirements_file("requirements.txt")
+MODEL = bento_spec.model_ref(SETTINGS)
 
 
 @bentoml.asgi_app(openai_api, path="/v1")
 @bentoml.service(
     name="vllm-llm",
     traffic={"timeout": 300},
-    resources={"gpu": 1, "gpu_type": "nvidia-l4"},
-    image=IMAGE,
+    # Build arguments (`bentoml build --arg gpu_count=2`) decide these; see vllm_bento.bento_spec.
+    resources=bento_spec.resources(SETTINGS),
+    envs=bento_spec.envs(SETTINGS),
+    image=bento_spec.image(),
     # vllm_bento.gate logs one line per model request, with token counts; BentoML's access
     # log would repeat each of them.
     logging={"access": {"enabled": False}},
-    # HF_TOKEN is passed on by the environment when set: declaring it here would make
-    # `bentoml serve` refuse to start without it, and the default model needs none.
 )
 class VLLM:
     """vLLM's async engine, started with the service and stopped with it."""

@@ -24,3 +24,16 @@ def python_snippets() -> list[str]:
 def pointed_at(text: str, url: str) -> str:
     """``text`` with the README's address replaced by the test server's."""
     return text.replace(README_URL, url)
+
+
+def commands(prefix: str) -> list[str]:
+    """The one-line commands in the README's bash blocks that start with ``prefix``, without
+    their trailing ``# comment``."""
+    lines = (line.strip() for block in code_blocks("bash") for line in block.splitlines())
+    return [line.split("  #")[0].strip() for line in lines if line.startswith(prefix)]
+
+
+def command(prefix: str) -> str:
+    """The README's only command starting with ``prefix``; fails when there is not exactly one."""
+    (found,) = commands(prefix)
+    return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from pydantic import ValidationError
 
 from vllm_bento import hardware
 from vllm_bento.hardware import Hardware
-from vllm_bento.settings import PACKAGED_MODEL_ID, engine_config, load_settings
+from vllm_bento.settings import PACKAGED_MODEL_ID, EngineConfig, engine_config, load_settings
 
 AVX2_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "fma"}))
 BF16_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
@@ -19,8 +21,10 @@ TWO_GPUS = Hardware(gpu_count=2, cpu_flags=frozenset({"avx2"}))
 
 
 @pytest.fixture(autouse=True)
-def _no_build_args() -> None:
+def _no_build_args() -> Iterator[None]:
     set_arguments({})
+    yield
+    set_arguments({})  # BentoML keeps them process-wide: leave none to later tests
 
 
 def test_defaults_follow_bentoml_example() -> None:
@@ -47,8 +51,47 @@ def test_gpu_gets_half_compiled_and_memory_share() -> None:
     assert cfg.gpu_memory_utilization == 0.9 and cfg.cpu_kv_cache_gib is None
 
 
-def test_tensor_parallel_defaults_to_every_gpu() -> None:
-    assert engine_config(load_settings(), TWO_GPUS).tensor_parallel_size == 2
+FOUR_GPUS = Hardware(gpu_count=4, cpu_flags=frozenset({"avx2"}))
+
+
+@pytest.mark.parametrize(
+    ("gpu_count", "hw", "expected"),
+    [(2, TWO_GPUS, 2), (1, ONE_L4, 1), (2, FOUR_GPUS, 2), (2, ONE_L4, 1), (1, TWO_GPUS, 1)],
+    ids=["2-of-2", "1-of-1", "2-of-4-visible", "2-asked-1-visible", "1-asked-2-visible"],
+)
+def test_tensor_parallel_defaults_to_the_gpus_given(gpu_count: int, hw: Hardware,
+                                                    expected: int) -> None:
+    settings = load_settings(gpu_count=gpu_count)
+    assert engine_config(settings, hw).tensor_parallel_size == expected
+
+
+def test_llama_on_one_l4_resolves_like_the_example() -> None:
+    set_arguments({"model_id": "meta-llama/Llama-3.1-8B-Instruct"})
+    cfg = engine_config(load_settings(), ONE_L4)
+    assert cfg == EngineConfig(
+        served_model_name="meta-llama/Llama-3.1-8B-Instruct", max_model_len=2048, dtype="half",
+        enable_prefix_caching=True, enforce_eager=False, tensor_parallel_size=1,
+        gpu_memory_utilization=0.9, cpu_kv_cache_gib=None, shutdown_timeout_s=30,
+    )
+
+
+def test_two_gpu_build_shards_over_both() -> None:
+    set_arguments({"model_id": "meta-llama/Llama-3.1-8B-Instruct", "gpu_count": "2"})
+    cfg = engine_config(load_settings(), TWO_GPUS)
+    assert (cfg.tensor_parallel_size, cfg.dtype, cfg.gpu_memory_utilization) == (2, "half", 0.9)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [({"gpu_count": "0"}, "greater than or equal to 1"),
+     ({"gpu_type": "nvidia-l5"}, "nvidia-l4"),
+     ({"tensor_parallel_size": "2"}, "exceeds gpu_count"),
+     ({"modle_id": "x"}, "unknown build argument(s) modle_id")],
+)
+def test_invalid_build_arguments_are_refused(args: dict[str, str], message: str) -> None:
+    set_arguments(args)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_settings()
 
 
 def test_environment_overrides_every_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import inspect
 
-from vllm_bento.settings import EngineConfig
+import pytest
+
+from vllm_bento.hardware import Hardware
+from vllm_bento.settings import EngineConfig, engine_config, load_settings
 from vllm_bento.vllm_entrypoints import VLLM_VERSION, cli_args, installed_vllm_version, parse_args
 
 CPU_CFG = EngineConfig(
@@ -54,3 +57,26 @@ def test_gpu_arguments() -> None:
     assert (args.dtype, args.enforce_eager, args.tensor_parallel_size) == ("half", False, 2)
     assert args.gpu_memory_utilization == 0.9 and args.kv_cache_memory_bytes is None
     assert args.enable_prefix_caching is False
+
+
+@pytest.mark.parametrize(
+    ("gpu_count", "hw", "expected"),
+    [(1, Hardware(gpu_count=0, cpu_flags=frozenset({"avx2"})),
+      {"dtype": "float32", "enforce_eager": True, "tensor_parallel_size": 1,
+       "kv_cache_memory_bytes": 2 * 2**30}),
+     (1, Hardware(gpu_count=1, cpu_flags=frozenset()),
+      {"dtype": "half", "enforce_eager": False, "tensor_parallel_size": 1,
+       "gpu_memory_utilization": 0.9, "kv_cache_memory_bytes": None}),
+     (2, Hardware(gpu_count=2, cpu_flags=frozenset()),
+      {"dtype": "half", "enforce_eager": False, "tensor_parallel_size": 2,
+       "gpu_memory_utilization": 0.9, "kv_cache_memory_bytes": None})],
+    ids=["cpu", "one-l4", "two-gpus"],
+)
+def test_resolved_settings_reach_vllm(gpu_count: int, hw: Hardware,
+                                      expected: dict[str, object]) -> None:
+    """Settings -> engine values -> `vllm serve` arguments -> vLLM's own parser, per machine."""
+    settings = load_settings(model_id="meta-llama/Llama-3.1-8B-Instruct", gpu_count=gpu_count)
+    args = parse_args(cli_args(engine_config(settings, hw), "/models/llama"))
+    assert {name: getattr(args, name) for name in expected} == expected
+    assert (args.max_model_len, args.enable_prefix_caching) == (2048, True)
+    assert args.served_model_name == ["meta-llama/Llama-3.1-8B-Instruct"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import bentoml
+from _bentoml_sdk.service.config import GpuLiteralType  # BentoML's own list of GPU types
 from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -73,6 +74,12 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM, how long requests in flight may run on before "
         "they are aborted; new requests get 503 meanwhile.",
     )
+    # What the Bento asks BentoCloud for (`resources` of the service, read at import). A local
+    # `bentoml serve` on a CPU ignores them: the engine sizes itself from the hardware it finds.
+    gpu_count: int = Field(
+        1, ge=1, description="GPUs the service is given; vLLM shards the model over all of them."
+    )
+    gpu_type: GpuLiteralType = Field("nvidia-l4", description="GPU type to deploy on.")
 
     @model_validator(mode="after")
     def _max_tokens_fit_context(self) -> Settings:
@@ -80,6 +87,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_tokens ({self.max_tokens}) must be below max_model_len "
                 f"({self.max_model_len}) to leave room for the prompt"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tensor_parallel_fits_gpus(self) -> Settings:
+        if self.tensor_parallel_size is not None and self.tensor_parallel_size > self.gpu_count:
+            raise ValueError(
+                f"tensor_parallel_size ({self.tensor_parallel_size}) exceeds gpu_count "
+                f"({self.gpu_count}): raise gpu_count so the service is given that many GPUs"
             )
         return self
 
@@ -104,6 +120,10 @@ class Settings(BaseSettings):
         return init_settings, env_settings, BuildArgsSource(settings_cls)
 
 
+class UnknownBuildArgument(ValueError):
+    """Raised when a ``--arg`` name is not a setting (a typo would otherwise build the default)."""
+
+
 class BuildArgsSource(PydanticBaseSettingsSource):
     """BentoML build arguments (``--arg name=value``), kept in a built Bento and restored when
     it is served, so a Bento built for Llama serves Llama without any environment."""
@@ -112,8 +132,19 @@ class BuildArgsSource(PydanticBaseSettingsSource):
         return bentoml.use_arguments().__dict__.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        """The build arguments that name settings.
+
+        Raises:
+            UnknownBuildArgument: an argument names no setting.
+        """
         args = vars(bentoml.use_arguments())
-        return {name: args[name] for name in self.settings_cls.model_fields if name in args}
+        fields = self.settings_cls.model_fields
+        if unknown := sorted(set(args) - set(fields)):
+            raise UnknownBuildArgument(
+                f"unknown build argument(s) {', '.join(unknown)}; "
+                f"known: {', '.join(fields)}"
+            )
+        return {name: args[name] for name in fields if name in args}
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -150,6 +181,13 @@ def default_eager(hw: Hardware) -> bool:
     return not hw.has_gpu
 
 
+def default_tensor_parallel(settings: Settings, hw: Hardware) -> int:
+    """Every GPU the service is given: BentoML hands a worker ``gpu_count`` GPUs through
+    ``CUDA_VISIBLE_DEVICES``; capped by what is visible, since vLLM cannot shard over GPUs it
+    does not see. 1 on a CPU."""
+    return min(settings.gpu_count, hw.gpu_count) if hw.has_gpu else 1
+
+
 def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
     """The engine values for ``settings`` on ``hw``."""
     return EngineConfig(
@@ -160,7 +198,9 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         enforce_eager=(
             default_eager(hw) if settings.enforce_eager is None else settings.enforce_eager
         ),
-        tensor_parallel_size=settings.tensor_parallel_size or max(hw.gpu_count, 1),
+        tensor_parallel_size=(
+            settings.tensor_parallel_size or default_tensor_parallel(settings, hw)
+        ),
         gpu_memory_utilization=settings.gpu_memory_utilization if hw.has_gpu else None,
         cpu_kv_cache_gib=None if hw.has_gpu else settings.cpu_kv_cache_gib,
         shutdown_timeout_s=math.ceil(settings.shutdown_grace_s),
