@@ -2,6 +2,7 @@
 
 Routes:
 - ``/v1/*``: vLLM's own OpenAI-compatible server (chat completions, completions, models, ...).
+- ``/tokenize``, ``/detokenize``: vLLM's, as ``vllm serve`` has them.
 - ``/generate``: streams the model's answer to a prompt, looped back through ``/v1``.
 - ``/livez``, ``/readyz``, ``/metrics``: BentoML's; ready only while the engine can serve.
 
@@ -26,6 +27,7 @@ from vllm_bento.gate import STATE as GATE
 from vllm_bento.gate import Gate
 from vllm_bento.loopback import DEFAULT_PROMPT, LoopbackChat, base_url_for
 from vllm_bento.openai_mount import OpenAIMount
+from vllm_bento.root_mount import root_routes
 from vllm_bento.settings import engine_config, load_settings
 from vllm_bento.vllm_entrypoints import OpenAIServer, serve_openai
 
@@ -42,6 +44,7 @@ openai_api = OpenAIMount()
 MODEL = bento_spec.model_ref(SETTINGS)
 
 
+@bentoml.asgi_app(root_routes(openai_api), path="/")  # /tokenize, /detokenize
 @bentoml.asgi_app(openai_api, path="/v1")
 @bentoml.service(
     name="vllm-llm",

@@ -48,15 +48,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S) -> float:
-    """Seconds until /readyz answers 200; raises if the server dies or never gets ready."""
+def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S, path: str = "/readyz") -> float:
+    """Seconds until ``path`` answers 200; raises if the server dies or never gets ready."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if served.process.poll() is not None:
             code = served.process.returncode
-            raise RuntimeError(f"bentoml serve exited {code}; see {served.log}")
+            raise RuntimeError(f"server exited {code}; see {served.log}")
         try:
-            if httpx.get(f"{served.url}/readyz", timeout=5).status_code == 200:
+            if httpx.get(f"{served.url}{path}", timeout=5).status_code == 200:
                 return time.monotonic() - start
         except httpx.HTTPError:
             pass

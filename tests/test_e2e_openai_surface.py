@@ -1,0 +1,86 @@
+"""The rest of the surface OpenAI users and vLLM users reach for: model details, ``/tokenize``
+and ``/detokenize``, and the chat template (the model's own, system messages included)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import MODEL
+from tests.served import Served
+from vllm_bento.packaged_model import ensure_packaged_model
+
+pytestmark = pytest.mark.e2e
+SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+HELLO = [{"role": "user", "content": "Hello there!"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    """The packaged model's own tokenizer and chat template, read with transformers."""
+    return AutoTokenizer.from_pretrained(str(ensure_packaged_model().path))
+
+
+def post(server: Served, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    reply: dict[str, Any] = response.json()
+    return reply
+
+
+def test_models_details(openai_client: openai.OpenAI) -> None:
+    (model,) = openai_client.models.list().data
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "vllm")
+    assert abs(model.created - time.time()) < 3600
+    assert getattr(model, "max_model_len", None) == 2048
+
+
+def test_tokenize_and_detokenize_round_trip(server: Served, tokenizer: Any) -> None:
+    prompt = "The capital of France is Paris."
+    tokens = post(server, "/tokenize", {"model": MODEL, "prompt": prompt})
+    assert tokens["tokens"] == tokenizer.encode(prompt)
+    assert tokens["count"] == len(tokens["tokens"]) and tokens["max_model_len"] == 2048
+    text = post(server, "/detokenize", {"model": MODEL, "tokens": tokens["tokens"]})
+    assert text["prompt"] == prompt
+
+
+def test_tokenize_errors_are_vllms(server: Served) -> None:
+    response = httpx.post(f"{server.url}/tokenize", json={"model": "no/such-model", "prompt": "x"})
+    assert response.status_code == 404 and response.json()["error"]["message"]
+
+
+def test_bentoml_routes_stay_bentomls(server: Served) -> None:
+    assert httpx.get(f"{server.url}/").status_code == 200
+    assert "/generate" in httpx.get(f"{server.url}/docs.json").json()["paths"]
+
+
+def test_the_models_own_chat_template_is_applied(
+        server: Served, openai_client: openai.OpenAI, tokenizer: Any) -> None:
+    expected = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)
+    rendered = post(server, "/tokenize", {"model": MODEL, "messages": HELLO})
+    assert rendered["tokens"] == list(expected)
+    prompt = post(server, "/detokenize", {"model": MODEL, "tokens": rendered["tokens"]})
+    assert SMOLLM_SYSTEM in prompt["prompt"], "SmolLM2's template adds its default system prompt"
+    reply = openai_client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=4)
+    assert reply.usage is not None and reply.usage.prompt_tokens == len(expected)
+
+
+def test_system_message_replaces_the_default(
+        server: Served, openai_client: openai.OpenAI, tokenizer: Any) -> None:
+    system = "You are a terse assistant. Answer in one word."
+    messages = [{"role": "system", "content": system}, *HELLO]
+    rendered = post(server, "/tokenize", {"model": MODEL, "messages": messages})
+    prompt = post(server, "/detokenize", {"model": MODEL, "tokens": rendered["tokens"]})["prompt"]
+    assert prompt.startswith(f"<|im_start|>system\n{system}<|im_end|>")
+    assert SMOLLM_SYSTEM not in prompt
+    reply = openai_client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.prompt_tokens == rendered["count"]
