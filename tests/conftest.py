@@ -34,9 +34,10 @@ def bento_client(server: Served) -> Iterator[bentoml.SyncHTTPClient]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium, one per session, for the chat page tests."""
+    """Headless Chromium for the chat page tests. One per module, not per session: Playwright's
+    sync API keeps an event loop running in this thread, and later tests call asyncio.run()."""
     with chromium() as launched:
         yield launched
 
