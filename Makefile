@@ -4,8 +4,10 @@ PY := $(VENV)/bin/python
 PORT ?= 3000
 INSTALLED := $(VENV)/.installed
 REQUIREMENTS := requirements-cpu.txt requirements-nodeps.txt requirements-dev.txt
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install model serve test lint clean
+.PHONY: install model serve test lint clean browser
 
 $(INSTALLED): $(REQUIREMENTS)
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,8 +25,12 @@ model: install  ## convert the packaged default model into the BentoML store (on
 serve: model
 	$(VENV)/bin/bentoml serve service:VLLM --port $(PORT)
 
-test: model lint
+test: model lint browser
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+browser:  ## Debian's Chromium for the chat page tests (Playwright drives it; it downloads none)
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 lint: install
 	$(VENV)/bin/ruff check .

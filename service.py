@@ -4,6 +4,7 @@ Routes:
 - ``/v1/*``: vLLM's own OpenAI-compatible server (chat completions, completions, models, ...).
 - ``/tokenize``, ``/detokenize``: vLLM's, as ``vllm serve`` has them.
 - ``/generate``: streams the model's answer to a prompt, looped back through ``/v1``.
+- ``/chat``: a chat page in the browser, streaming from ``/v1/chat/completions``.
 - ``/livez``, ``/readyz``, ``/metrics``: BentoML's; ready only while the engine can serve.
 
 Both model routes sit behind ``vllm_bento.gate`` (API keys, in-flight cap, time limit, request
@@ -23,6 +24,7 @@ import bentoml
 from annotated_types import Ge, Le
 
 from vllm_bento import bento_spec, hardware, lifecycle
+from vllm_bento.chat_page import chat_app
 from vllm_bento.gate import STATE as GATE
 from vllm_bento.gate import Gate
 from vllm_bento.loopback import DEFAULT_PROMPT, LoopbackChat, base_url_for
@@ -46,6 +48,7 @@ MODEL = bento_spec.model_ref(SETTINGS)
 
 @bentoml.asgi_app(root_routes(openai_api), path="/")  # /tokenize, /detokenize
 @bentoml.asgi_app(openai_api, path="/v1")
+@bentoml.asgi_app(chat_app(), path="/chat")
 @bentoml.service(
     name="vllm-llm",
     traffic={"timeout": 300},

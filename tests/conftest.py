@@ -7,7 +7,9 @@ from collections.abc import Iterator
 import bentoml
 import openai
 import pytest
+from playwright.sync_api import Browser
 
+from tests.browser import chromium
 from tests.served import Served, serving
 from vllm_bento.settings import PACKAGED_MODEL_ID
 
@@ -30,6 +32,14 @@ def openai_client(server: Served) -> openai.OpenAI:
 def bento_client(server: Served) -> Iterator[bentoml.SyncHTTPClient]:
     with bentoml.SyncHTTPClient(server.url, timeout=300, server_ready_timeout=300) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium for the chat page tests. One per module, not per session: Playwright's
+    sync API keeps an event loop running in this thread, and later tests call asyncio.run()."""
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,189 @@
+"""The chat page's JavaScript in headless Chromium, with the server faked by Playwright routes:
+the error cases a healthy engine will not produce on demand (401 without an API key, an error
+frame in the middle of a stream, a stream cut off, a proxy's plain-text error)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, Route, expect
+from starlette.testclient import TestClient
+
+from tests.browser import DESKTOP, json_sent
+from vllm_bento.chat_page import chat_app
+
+ORIGIN = "http://chat.test"  # never resolved: every request to it is answered by a route
+MODEL = "fake/model"
+KEY = "sk-test"
+UNAUTHORIZED = {"error": {"message": "Invalid or missing API key.", "type": "AuthenticationError",
+                          "param": None, "code": 401}}
+
+Handler = Callable[[Route], None]
+
+
+def sse(*events: object, done: bool = True) -> str:
+    """An OpenAI-style event stream of `events`, ended by `data: [DONE]` unless `done` is False."""
+    frames = [f"data: {json.dumps(e)}\n\n" for e in events] + (["data: [DONE]\n\n"] if done else [])
+    return "".join(frames)
+
+
+def delta(text: str) -> dict[str, object]:
+    return {"object": "chat.completion.chunk", "model": MODEL,
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+
+
+def stream(body: str) -> Handler:
+    return lambda route: route.fulfill(status=200, body=body, content_type="text/event-stream")
+
+
+def authorized(route: Route) -> bool:
+    return route.request.headers.get("authorization") == f"Bearer {KEY}"
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A page whose origin serves the real chat app's response and a one-model `/v1/models`."""
+    served = TestClient(chat_app()).get("/")
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.route(f"{ORIGIN}/chat/", lambda route: route.fulfill(
+        status=served.status_code, body=served.text, headers=dict(served.headers)))
+    page.route(f"{ORIGIN}/v1/models", lambda route: route.fulfill(
+        json={"object": "list", "data": [{"id": MODEL, "object": "model"}]}))
+    yield page
+    context.close()
+
+
+def open_chat(page: Page, completions: Handler) -> list[Route]:
+    """Opens the page with `completions` answering `/v1/chat/completions`; returns the routes
+    it handled, to look at what the page sent."""
+    seen: list[Route] = []
+
+    def handle(route: Route) -> None:
+        seen.append(route)
+        completions(route)
+
+    page.route(f"{ORIGIN}/v1/chat/completions", handle)
+    page.goto(f"{ORIGIN}/chat/")
+    expect(page.locator("#model")).to_have_text(f"Model: {MODEL}")
+    return seen
+
+
+def send(page: Page, text: str) -> None:
+    page.get_by_label("Message").fill(text)
+    page.get_by_role("button", name="Send").click()
+
+
+def test_streamed_deltas_become_the_answer(page: Page) -> None:
+    seen = open_chat(page, stream(sse(delta("Ahoy"), delta(", matey"), delta("!"))))
+    send(page, "Hello")
+    expect(page.locator(".msg.assistant")).to_have_text("Ahoy, matey!")
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    body = json_sent(seen[0].request)
+    assert body["model"] == MODEL and body["stream"] is True
+    assert body["messages"] == [{"role": "user", "content": "Hello"}]
+    assert "authorization" not in seen[0].request.headers, "no key entered, none sent"
+
+
+def test_401_asks_for_an_api_key_which_is_then_sent(page: Page) -> None:
+    def completions(route: Route) -> None:
+        if authorized(route):
+            stream(sse(delta("Welcome aboard.")))(route)
+        else:
+            route.fulfill(status=401, json=UNAUTHORIZED)
+
+    open_chat(page, completions)
+    send(page, "Hello")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Error 401: Invalid or missing API key.")
+    expect(alert).to_contain_text("Enter a valid API key under Settings.")
+    expect(page.get_by_label("API key")).to_be_focused()
+    expect(page.get_by_label("Message")).to_have_value("Hello")  # given back to send again
+    expect(page.locator(".msg")).to_have_count(0)
+
+    page.get_by_label("API key").fill(KEY)
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator(".msg.assistant")).to_have_text("Welcome aboard.")
+    expect(alert).to_be_hidden()
+
+
+def test_models_behind_a_key_load_once_it_is_entered(page: Page) -> None:
+    def models(route: Route) -> None:
+        if authorized(route):
+            route.fulfill(json={"object": "list", "data": [{"id": "keyed/model"}]})
+        else:
+            route.fulfill(status=401, json=UNAUTHORIZED)
+
+    page.route(f"{ORIGIN}/v1/models", models)
+    page.goto(f"{ORIGIN}/chat/")
+    expect(page.get_by_role("alert")).to_contain_text("Error 401")
+    expect(page.locator("#model")).to_have_text("Model: unavailable")
+    page.get_by_label("API key").fill(KEY)
+    page.get_by_label("API key").press("Tab")
+    expect(page.locator("#model")).to_have_text("Model: keyed/model")
+    expect(page.get_by_role("alert")).to_be_hidden()
+
+
+@pytest.mark.parametrize(("status", "body", "content_type", "shown"), [
+    (400, json.dumps({"error": {"message": "max_tokens is too large", "code": 400}}),
+     "application/json", "Error 400: max_tokens is too large"),
+    (503, json.dumps({"detail": "Service Unavailable"}), "application/json",
+     "Error 503: Service Unavailable"),
+    (502, "Bad gateway", "text/plain", "Error 502: Bad gateway"),
+])
+def test_error_status_is_shown_with_the_servers_reason(
+        page: Page, status: int, body: str, content_type: str, shown: str) -> None:
+    open_chat(page, lambda route: route.fulfill(status=status, body=body,
+                                                content_type=content_type))
+    send(page, "Hello")
+    expect(page.get_by_role("alert")).to_have_text(shown)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+
+
+def test_error_frame_mid_stream_is_shown_after_the_partial_answer(page: Page) -> None:
+    error = {"error": {"message": "The engine died.", "type": "InternalServerError", "code": 500}}
+    open_chat(page, stream(sse(delta("Ahoy"), error)))
+    send(page, "Hello")
+    expect(page.get_by_role("alert")).to_have_text("Error 500: The engine died.")
+    expect(page.locator(".msg.assistant")).to_have_text("Ahoy")
+
+
+def test_stream_cut_off_before_done_is_an_error(page: Page) -> None:
+    open_chat(page, stream(sse(delta("Ahoy"), done=False)))
+    send(page, "Hello")
+    expect(page.get_by_role("alert")).to_contain_text("ended before the answer was complete")
+
+
+def test_history_and_settings_go_into_each_request(page: Page) -> None:
+    seen = open_chat(page, stream(sse(delta("Arr."))))
+    page.get_by_label("System prompt").fill("Talk like a pirate.")
+    page.get_by_label("Max tokens").fill("32")
+    page.get_by_label("Temperature").fill("0.2")
+    send(page, "Hi")
+    expect(page.locator(".msg.assistant")).to_have_text("Arr.")
+    send(page, "Again")
+    expect(page.locator(".msg.assistant")).to_have_count(2)
+    body = json_sent(seen[1].request)
+    assert body["messages"] == [
+        {"role": "system", "content": "Talk like a pirate."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Arr."},
+        {"role": "user", "content": "Again"},
+    ]
+    assert (body["max_tokens"], body["temperature"]) == (32, 0.2)
+
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator(".msg")).to_have_count(0)
+    send(page, "Fresh")
+    expect(page.locator(".msg.assistant")).to_have_count(1)
+    assert json_sent(seen[2].request)["messages"][1:] == [{"role": "user", "content": "Fresh"}]
+
+
+def test_model_output_is_shown_as_text_not_markup(page: Page) -> None:
+    open_chat(page, stream(sse(delta("<img src=x onerror=alert(1)><b>bold</b>"))))
+    send(page, "Hello")
+    expect(page.locator(".msg.assistant")).to_have_text("<img src=x onerror=alert(1)><b>bold</b>")
+    expect(page.locator(".msg.assistant img")).to_have_count(0)
