@@ -85,6 +85,7 @@ class VLLM:
         logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
         self.server = await self._stack.enter_async_context(serve_openai(cfg, str(model_path)))
         openai_api.target = self.server.app
+        lifecycle.ENGINE_PROCESSES.note()
         self._watchdog = asyncio.create_task(lifecycle.watch_engine(self.server.engine, GATE))
         GATE.open()
 
@@ -96,6 +97,7 @@ class VLLM:
         openai_api.target = None
         self.server = None
         await self._stack.aclose()
+        lifecycle.ENGINE_PROCESSES.reap()  # none may outlive the server, orphaned or not
 
     async def __is_ready__(self) -> bool:
         return GATE.refusal is None and self.server is not None and not self.server.engine.errored

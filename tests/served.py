@@ -64,15 +64,33 @@ def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S, path: str = "/r
     raise TimeoutError(f"not ready after {timeout:.0f} s; see {served.log}")
 
 
+def own_bentoml_home(name: str) -> Path:
+    """A BentoML home for one server that shares the user's model store.
+
+    Every `bentoml serve` wipes ``$BENTOML_HOME/prometheus_multiproc_dir`` as it starts, so two
+    servers sharing a home break each other's /metrics; the tests run several at once.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    home = ARTIFACTS / f"home-{name}"
+    home.mkdir(parents=True, exist_ok=True)
+    models = home / "models"
+    if not models.exists():
+        models.symlink_to(Path(BentoMLContainer.bentoml_home.get()) / "models")
+    return home
+
+
 def start(name: str, env: dict[str, str] | None = None, target: str = "service:VLLM",
           cwd: Path = ROOT) -> Served:
     """Start `bentoml serve` on a free port in its own process group, logging to artifacts."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = ARTIFACTS / f"server-{name}.log"
+    env = {**os.environ, **(env or {})}
+    env.setdefault("BENTOML_HOME", str(own_bentoml_home(name)))
     process = subprocess.Popen(
         [BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"],
-        cwd=cwd, env={**os.environ, **(env or {})},
+        cwd=cwd, env=env,
         stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     return Served(process=process, port=port, log=log)

@@ -13,6 +13,7 @@ attempted: a dead engine leaves vLLM's client state unusable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -35,6 +36,34 @@ DEATH_EXIT_DELAY_S = 1.0  # lets requests in flight receive their error before t
 EXIT_CODE_ENGINE_DEAD = 3
 
 SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+class EngineProcesses:
+    """The engine's processes (EngineCore, its workers), noted once the engine is up.
+
+    Noted up front because a worker whose EngineCore died is re-parented away from us and no
+    longer shows up among our children, yet must not outlive the server.
+    """
+
+    def __init__(self) -> None:
+        self._procs: list[psutil.Process] = []
+
+    def note(self) -> None:
+        self._procs = psutil.Process().children(recursive=True)
+
+    def reap(self, timeout_s: float = 5.0) -> None:
+        """Terminate those still running (SIGKILL after ``timeout_s``)."""
+        alive = [p for p in self._procs if p.is_running()]  # is_running checks pid reuse
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, still = psutil.wait_procs(alive, timeout=timeout_s)
+        for p in still:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+
+
+ENGINE_PROCESSES = EngineProcesses()
 
 
 async def watch_engine(engine: EngineClient, state: GateState) -> None:
@@ -60,6 +89,7 @@ def exit_server(code: int) -> None:
     me = psutil.Process()
     for child in me.children(recursive=True):
         child.kill()
+    ENGINE_PROCESSES.reap(timeout_s=0)
     parent = me.parent()
     if parent is not None and is_bentoml_arbiter(parent):
         parent.kill()
