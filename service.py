@@ -23,7 +23,7 @@ from typing import Annotated
 import bentoml
 from annotated_types import Ge, Le
 
-from vllm_bento import bento_spec, hardware, lifecycle
+from vllm_bento import bento_spec, bentoml_compat, hardware, lifecycle
 from vllm_bento.chat_page import chat_app
 from vllm_bento.gate import STATE as GATE
 from vllm_bento.gate import Gate
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 logging.getLogger("vllm_bento").setLevel(logging.INFO)
 logging.getLogger(__name__).setLevel(logging.INFO)
 
+bentoml_compat.fix_error_detail_schema()
 SETTINGS = load_settings()
 MAX_TOKENS = SETTINGS.max_tokens
 
@@ -117,3 +118,4 @@ class VLLM:
 
 # The decorator turned the class into a bentoml.Service (untyped, hence the ignore).
 VLLM.add_asgi_middleware(Gate)  # type: ignore[attr-defined]
+VLLM.add_asgi_middleware(bentoml_compat.UnwrapErrorList)  # type: ignore[attr-defined]

@@ -41,6 +41,12 @@ def test_chat_with_unknown_model(server: Served) -> None:
     assert_openai_error(r, 404, "model")
 
 
+def test_chat_with_undecodable_body(server: Served) -> None:
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=b"\x10\x36\x1e\r\xff\xfe",
+                   timeout=60, headers={"content-type": "application/json"})
+    assert_openai_error(r, 400)
+
+
 def test_chat_with_non_json_body(server: Served) -> None:
     r = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", timeout=60,
                    headers={"content-type": "application/json"})
@@ -51,7 +57,7 @@ def test_generate_prompt_over_context_is_a_400(server: Served) -> None:
     r = httpx.post(f"{server.url}/generate", timeout=120,
                    json={"prompt": "pirate " * 3000, "max_tokens": 128})
     assert r.status_code == 400, r.text
-    assert "2048" in r.text
+    assert "2048" in r.json()["error"]
 
 
 def test_server_still_answers_after_bad_input(server: Served,

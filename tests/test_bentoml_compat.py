@@ -1,0 +1,68 @@
+"""The corrections to BentoML's error bodies and schema, and vLLM's framework errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from vllm_bento.bentoml_compat import UnwrapErrorList, fix_error_detail_schema
+from vllm_bento.errors import http_exception_as_openai_error
+
+
+def run(app: object) -> tuple[int, bytes]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/generate", "headers": []}
+    asyncio.run(UnwrapErrorList(app)(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def responding(status: int, content: object) -> object:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse(content, status_code=status)(scope, receive, send)
+    return app
+
+
+def test_bentomls_one_element_error_list_becomes_an_object() -> None:
+    status, body = run(responding(400, [{"error": "prompt too long"}]))
+    assert status == 400 and json.loads(body) == {"error": "prompt too long"}
+
+
+def test_other_bodies_pass_untouched() -> None:
+    assert run(responding(400, {"error": "x", "detail": []})) == (
+        400, b'{"error":"x","detail":[]}')
+    assert run(responding(200, [{"error": "model text"}])) == (200, b'[{"error":"model text"}]')
+
+
+def test_error_detail_schema_allows_the_list_bentoml_sends() -> None:
+    from bentoml._internal.service.openapi.utils import exception_components_schema
+
+    fix_error_detail_schema()
+    detail = exception_components_schema()["InvalidArgument"].properties["detail"]
+    assert detail.type is None and detail.oneOf is not None
+
+
+def test_framework_errors_get_the_openai_shape() -> None:
+    app = FastAPI()
+    app.add_exception_handler(HTTPException, http_exception_as_openai_error)
+
+    @app.post("/v1/x")
+    async def x() -> None:
+        raise HTTPException(400, "There was an error parsing the body")
+
+    r = TestClient(app).post("/v1/x")
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "There was an error parsing the body"
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}

@@ -1,0 +1,74 @@
+"""Corrections to BentoML 1.4.40 (pinned in requirements), each with the reason it exists.
+
+- The OpenAPI document (``/docs.json``) types the ``detail`` of BentoML's error bodies as a
+  string, but BentoML's own 400 for an invalid input sends pydantic's list of errors there
+  (``[{"loc": ["max_tokens"], "msg": ..., "type": ...}]``). Schemathesis rightly reported the
+  mismatch; the schema is widened to what BentoML sends.
+- A ``BentoMLException`` with a 4xx status leaves as ``[{"error": ...}]``: BentoML builds the
+  body as ``({"error": str(exc)},)``, a one-element tuple, where an object was meant (and where
+  its schema says object). ``UnwrapErrorList`` sends the object itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def fix_error_detail_schema() -> None:
+    from bentoml._internal.service.openapi.specification import Schema
+    from bentoml._internal.service.openapi.utils import exception_components_schema
+
+    detail = Schema(
+        title="Error Detail",
+        description="A message, or for invalid input pydantic's list of errors "
+        "(each with `loc`, `msg`, `type`).",
+        oneOf=[Schema(type="string"), Schema(type="array", items=Schema(type="object"))],
+    )
+    for component in exception_components_schema().values():
+        if component.properties is not None and "detail" in component.properties:
+            component.properties["detail"] = detail
+
+
+class UnwrapErrorList:
+    """ASGI middleware: a 4xx JSON body that is a one-element list of ``{"error": ...}`` is sent
+    as that object. Other responses pass through untouched (streams are never held back)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_errors(message: Message) -> None:
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                held.append(message)
+                return
+            if held and message["type"] == "http.response.body":
+                held.append(message)
+                if not message.get("more_body", False):
+                    for m in unwrapped(held):
+                        await send(m)
+                return
+            await send(message)
+
+        await self.app(scope, receive, hold_errors)
+
+
+def unwrapped(messages: list[Message]) -> list[Message]:
+    """The held error response, its body unwrapped when it is BentoML's one-element list."""
+    start, body = messages[0], b"".join(m.get("body", b"") for m in messages[1:])
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict) \
+            and "error" in data[0]:
+        body = json.dumps(data[0]).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+    return [start, {"type": "http.response.body", "body": body, "more_body": False}]
