@@ -101,7 +101,9 @@ class VLLM:
         lifecycle.ENGINE_PROCESSES.reap()  # none may outlive the server, orphaned or not
 
     async def __is_ready__(self) -> bool:
-        return GATE.refusal is None and self.server is not None and not self.server.engine.errored
+        # The gate's state alone, so that readiness and admission always agree: the watchdog
+        # flips both when the engine dies, the drain when the server stops.
+        return GATE.refusal is None
 
     @bentoml.api
     async def generate(
@@ -119,3 +121,4 @@ class VLLM:
 # The decorator turned the class into a bentoml.Service (untyped, hence the ignore).
 VLLM.add_asgi_middleware(Gate)  # type: ignore[attr-defined]
 VLLM.add_asgi_middleware(bentoml_compat.UnwrapErrorList)  # type: ignore[attr-defined]
+VLLM.add_asgi_middleware(bentoml_compat.JsonOnlyApis, paths=("/generate",))  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from vllm_bento.bentoml_compat import UnwrapErrorList, fix_error_detail_schema
+from vllm_bento.bentoml_compat import JsonOnlyApis, UnwrapErrorList, fix_error_detail_schema
 from vllm_bento.errors import http_exception_as_openai_error
 
 
@@ -66,3 +66,19 @@ def test_framework_errors_get_the_openai_shape() -> None:
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "There was an error parsing the body"
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_generate_refuses_non_json_bodies_with_415() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def ok(request: object) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = JsonOnlyApis(Starlette(routes=[Route("/generate", ok, methods=["POST"])]),
+                       paths=("/generate",))
+    client = TestClient(app)
+    assert client.post("/generate", headers={"content-type": "multipart/form-data"}).status_code \
+        == 415
+    assert client.post("/generate", json={}).status_code == 200
+    assert client.post("/generate", content=b"{}").status_code == 200

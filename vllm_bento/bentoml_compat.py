@@ -7,12 +7,16 @@
 - A ``BentoMLException`` with a 4xx status leaves as ``[{"error": ...}]``: BentoML builds the
   body as ``({"error": str(exc)},)``, a one-element tuple, where an object was meant (and where
   its schema says object). ``UnwrapErrorList`` sends the object itself.
+- A ``multipart/form-data`` request without a boundary makes BentoML answer 500 (found by
+  schemathesis). ``/generate`` takes JSON only, so ``JsonOnlyApis`` answers any other declared
+  content type with 415 before BentoML parses the body.
 """
 
 from __future__ import annotations
 
 import json
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -72,3 +76,27 @@ def unwrapped(messages: list[Message]) -> list[Message]:
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
     return [start, {"type": "http.response.body", "body": body, "more_body": False}]
+
+
+class JsonOnlyApis:
+    """ASGI middleware: POSTs to ``paths`` must be JSON (or carry no Content-Type, which BentoML
+    reads as JSON); others get 415."""
+
+    def __init__(self, app: ASGIApp, paths: tuple[str, ...]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.paths and not _is_json(scope):
+            body = {"error": "Content-Type must be application/json."}
+            await JSONResponse(body, status_code=415)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_json(scope: Scope) -> bool:
+    for key, value in scope.get("headers", []):
+        if key == b"content-type":
+            media = value.split(b";")[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return True

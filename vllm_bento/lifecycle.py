@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENGINE_POLL_S = 0.5
+ENGINE_POLL_S = 0.2
 DEATH_EXIT_DELAY_S = 1.0  # lets requests in flight receive their error before the exit
 EXIT_CODE_ENGINE_DEAD = 3
 
