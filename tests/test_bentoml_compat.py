@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from vllm_bento.bentoml_compat import JsonOnlyApis, UnwrapErrorList, fix_error_detail_schema
-from vllm_bento.errors import http_exception_as_openai_error
 
 
 def run(app: object) -> tuple[int, bytes]:
@@ -52,20 +49,6 @@ def test_error_detail_schema_allows_the_list_bentoml_sends() -> None:
     fix_error_detail_schema()
     detail = exception_components_schema()["InvalidArgument"].properties["detail"]
     assert detail.type is None and detail.oneOf is not None
-
-
-def test_framework_errors_get_the_openai_shape() -> None:
-    app = FastAPI()
-    app.add_exception_handler(HTTPException, http_exception_as_openai_error)
-
-    @app.post("/v1/x")
-    async def x() -> None:
-        raise HTTPException(400, "There was an error parsing the body")
-
-    r = TestClient(app).post("/v1/x")
-    assert r.status_code == 400
-    assert r.json()["error"]["message"] == "There was an error parsing the body"
-    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_generate_refuses_non_json_bodies_with_415() -> None:

@@ -17,6 +17,7 @@ import pytest
 from tests import served
 from tests.conftest import MODEL
 from tests.metrics import (
+    generated_tokens,
     running_requests,
     seconds_until_generation_stops,
     tree_rss_mib,
@@ -154,7 +155,12 @@ def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str
         request = {"url": f"{guarded.url}/generate", "json": {"max_tokens": 1000}}
     with httpx.stream("POST", headers=AUTH, timeout=60, **request) as r:
         chunks = r.iter_bytes()
-        next(chunks), next(chunks)  # the answer is streaming
+        next(chunks)
+        before = generated_tokens(guarded.url)
+        for _ in range(5):
+            next(chunks)
+        time.sleep(0.5)
+        assert generated_tokens(guarded.url) > before, "the counter must move while streaming"
     # leaving the block closed the connection mid-stream
     waited = seconds_until_generation_stops(guarded.url)
     print(f"\n{route}: the engine stopped generating {waited:.2f} s after the client left")

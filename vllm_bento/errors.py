@@ -12,8 +12,6 @@ errors already have it.
 
 from __future__ import annotations
 
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 
@@ -21,16 +19,6 @@ def openai_error(status: int, message: str, err_type: str) -> JSONResponse:
     """A response in the shape OpenAI clients parse: ``{"error": {message, type, param, code}}``."""
     body = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
     return JSONResponse(body, status_code=status)
-
-
-async def http_exception_as_openai_error(request: Request, exc: Exception) -> JSONResponse:
-    """vLLM's app answers some framework errors FastAPI's way (``{"detail": ...}``), e.g. a body
-    that is not UTF-8; give them the OpenAI shape with the same status."""
-    assert isinstance(exc, HTTPException)
-    err_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    response = openai_error(exc.status_code, str(exc.detail), err_type)
-    response.headers.update(exc.headers or {})
-    return response
 
 
 class StreamCutOff(BaseException):

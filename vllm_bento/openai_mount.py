@@ -1,6 +1,9 @@
 """The ASGI app BentoML mounts at ``/v1``: it hands each request to vLLM's OpenAI app once the
 engine is up, and answers 503 in the OpenAI error shape before that and after shutdown.
 
+Bodies that are not UTF-8 get a 400 in the OpenAI shape here: vLLM's app would answer FastAPI's
+``{"detail": "There was an error parsing the body"}`` (schemathesis found it).
+
 It also serves ``/v1/openapi.json``: vLLM's own OpenAPI document, cut down to the ``/v1``
 operations reachable here (BentoML's ``/docs.json`` only describes its own routes).
 """
@@ -15,7 +18,7 @@ from vllm_bento.errors import openai_error
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Message, Receive, Scope, Send
 
 OPENAPI_PATH = "/v1/openapi.json"
 
@@ -43,8 +46,47 @@ class OpenAIMount:
         if scope["type"] == "http" and scope["path"] == OPENAPI_PATH:
             await JSONResponse(v1_openapi(self.target))(scope, receive, send)
             return
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            body, receive = await buffered(receive)
+            if not is_utf8(body):
+                response = openai_error(400, "The request body is not UTF-8 encoded JSON.",
+                                        "invalid_request_error")
+                await response(scope, receive, send)
+                return
         # Starlette's Mount set root_path to ".../v1"; vLLM's routes carry the /v1 prefix
         # themselves, so give vLLM the path as the client sent it.
         child = dict(scope)
         child["root_path"] = scope.get("app_root_path", "")
         await self.target(child, receive, send)
+
+
+async def buffered(receive: Receive) -> tuple[bytes, Receive]:
+    """Read the whole request body; return it and a receive channel that replays it first and
+    then carries on with the real one (so disconnects are still seen)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"", receive  # the client left; let the app see it
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -15,9 +15,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from starlette.exceptions import HTTPException
-
-from vllm_bento.errors import http_exception_as_openai_error
 from vllm_bento.settings import EngineConfig
 
 if TYPE_CHECKING:
@@ -116,7 +113,6 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
         engine = await stack.enter_async_context(build_async_engine_client(args))
         tasks = await engine.get_supported_tasks()
         app = build_app(args, tasks, engine.model_config)
-        app.add_exception_handler(HTTPException, http_exception_as_openai_error)
         await init_app_state(engine, app.state, args, tasks)
         # A mounted app's lifespan is not run by its host; run it here for vLLM's periodic
         # engine stats logging.
