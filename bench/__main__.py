@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="only rewrite page and chart from this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll
     name = "quick" if args.quick else "full"
     result_file, page, chart = OUTPUTS[name]
     if args.report:

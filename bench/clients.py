@@ -6,6 +6,10 @@
 - ``generate_run``: our client for ``/generate``, a copy of vLLM's request loop (aiohttp, one
   session, a semaphore of ``concurrency``, all requests queued at once, the clock per request
   starting when it is sent) reading BentoML's streamed text instead of OpenAI's SSE.
+- ``chat_run``: the same loop sending the same requests to ``/v1/chat/completions`` through
+  vLLM's own request function: what ``/generate`` is compared with. (``vllm bench serve``
+  itself cannot send them: on its random dataset it always sets ``ignore_eos``, and
+  ``/generate`` has no such option, so its answers stop at EOS.)
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,16 +40,15 @@ class RunResult:
 
 
 def vllm_bench_argv(base_url: str, model_id: str, tokenizer: str, workload: Workload,
-                    concurrency: int, num_prompts: int, seed: int, result_file: Path,
-                    ignore_eos: bool = True) -> list[str]:
-    """``vllm bench serve`` arguments: chat completions, streaming, fixed prompt length, answers
-    of ``output_len`` tokens (at most, when EOS is not ignored), greedy like ``/generate``."""
+                    concurrency: int, num_prompts: int, seed: int, result_file: Path) -> list[str]:
+    """``vllm bench serve`` arguments: chat completions, streaming, fixed lengths, EOS ignored,
+    greedy like ``/generate``."""
     return [
         "--backend", "openai-chat", "--base-url", base_url, "--endpoint", "/v1/chat/completions",
         "--model", model_id, "--tokenizer", tokenizer,
         "--dataset-name", "random", "--random-input-len", str(workload.input_len),
         "--random-output-len", str(workload.output_len), "--random-range-ratio", "0",
-        *(["--ignore-eos"] if ignore_eos else []), "--temperature", "0",
+        "--ignore-eos", "--temperature", "0",
         "--max-concurrency", str(concurrency), "--num-prompts", str(num_prompts),
         "--seed", str(seed), "--disable-tqdm",
         "--save-result", "--save-detailed",
@@ -87,17 +91,24 @@ def from_vllm_result(result: dict[str, Any]) -> RunResult:
 
 
 @dataclass
-class _Outcome:
+class Outcome:
+    """One request: when it was sent (perf_counter), then seconds to first and last token."""
+
     start: float
     ttft: float | None = None
     latency: float = 0.0
-    body: bytes = b""
+    output_tokens: int | None = None  # None: count the text's tokens afterwards
+    text: str = ""
     error: str | None = None
 
 
-async def _generate_one(session: aiohttp.ClientSession, url: str, prompt: str,
-                        max_tokens: int) -> _Outcome:
-    outcome = _Outcome(start=time.perf_counter())
+Send = Callable[[aiohttp.ClientSession, str], Awaitable[Outcome]]
+
+
+async def send_generate(session: aiohttp.ClientSession, url: str, prompt: str,
+                        max_tokens: int) -> Outcome:
+    """POST ``/generate`` and time BentoML's streamed text, chunk by chunk."""
+    outcome = Outcome(start=time.perf_counter())
     chunks: list[bytes] = []
     try:
         async with session.post(url, json={"prompt": prompt, "max_tokens": max_tokens}) as resp:
@@ -115,42 +126,76 @@ async def _generate_one(session: aiohttp.ClientSession, url: str, prompt: str,
     except aiohttp.ClientError as exc:  # includes a stream cut off before its last chunk
         outcome.error = f"{type(exc).__name__}: {exc}"
         return outcome
-    outcome.body = b"".join(chunks)
+    outcome.text = b"".join(chunks).decode("utf-8", errors="replace")
     if outcome.ttft is None:
         outcome.error = "empty answer"
     return outcome
 
 
-async def _generate_all(url: str, prompts: list[str], max_tokens: int,
-                        concurrency: int) -> tuple[list[_Outcome], float]:
-    # The same connection pool and timeout as vLLM's client.
+async def send_chat(session: aiohttp.ClientSession, url: str, model: str, prompt: str,
+                    max_tokens: int) -> Outcome:
+    """A streaming chat completion sent and timed by vLLM's own request function, greedy, EOS
+    honoured (``vllm bench serve`` forces ``ignore_eos`` on its random dataset)."""
+    from vllm.benchmarks.lib.endpoint_request_func import (
+        RequestFuncInput,
+        async_request_openai_chat_completions,
+    )
+
+    request = RequestFuncInput(prompt=prompt, api_url=url, prompt_len=0, output_len=max_tokens,
+                               model=model, extra_body={"temperature": 0.0}, ignore_eos=False)
+    out = await async_request_openai_chat_completions(request, session)
+    if not out.success:
+        return Outcome(start=out.start_time, error=out.error[-500:] or "failed")
+    return Outcome(start=out.start_time, ttft=out.ttft, latency=out.latency,
+                   output_tokens=out.output_tokens or None, text=out.generated_text)
+
+
+async def _send_all(prompts: list[str], concurrency: int,
+                    send: Send) -> tuple[list[Outcome], float]:
+    # The connection pool and timeout of vLLM's client; all requests queued at once.
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency,
                                      keepalive_timeout=60, force_close=False)
     timeout = aiohttp.ClientTimeout(total=6 * 60 * 60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         semaphore = asyncio.Semaphore(concurrency)
 
-        async def limited(prompt: str) -> _Outcome:
+        async def limited(prompt: str) -> Outcome:
             async with semaphore:
-                return await _generate_one(session, url, prompt, max_tokens)
+                return await send(session, prompt)
 
         start = time.perf_counter()
         outcomes = await asyncio.gather(*(limited(p) for p in prompts))
         return list(outcomes), time.perf_counter() - start
 
 
-def generate_run(base_url: str, prompts: list[str], workload: Workload,
-                 concurrency: int) -> RunResult:
-    """``prompts`` to ``/generate`` with at most ``concurrency`` in flight. ``/generate`` has no
-    ``ignore_eos``: an answer may end before ``output_len``, and its tokens are counted as they
-    came (re-tokenised after the run, as vLLM's client does when a server sends no usage)."""
-    outcomes, duration = asyncio.run(
-        _generate_all(f"{base_url}/generate", prompts, workload.output_len, concurrency))
+def _records(prompts: list[str], outcomes: list[Outcome], duration: float,
+             client: str) -> RunResult:
+    """Token counts are taken after the run, as vLLM's client does, so they cost no time in it:
+    the server's usage figure when it sent one, else the re-tokenised text."""
     records, failures = [], []
     for prompt, o in zip(prompts, outcomes, strict=True):
         if o.error is not None or o.ttft is None:
             failures.append(o.error or "no token")
             continue
-        tokens = count_tokens(o.body.decode("utf-8", errors="replace"))
+        tokens = o.output_tokens if o.output_tokens is not None else count_tokens(o.text)
         records.append(RequestRecord(o.ttft, o.latency, tokens, chat_prompt_tokens(prompt)))
-    return RunResult(records, duration, failures, {"client": "bench.clients.generate_run"})
+    return RunResult(records, duration, failures, {"client": client})
+
+
+def generate_run(base_url: str, prompts: list[str], workload: Workload,
+                 concurrency: int) -> RunResult:
+    """``prompts`` to ``/generate``, at most ``concurrency`` in flight. ``/generate`` has no
+    ``ignore_eos``: an answer may end before ``output_len`` tokens."""
+    url = f"{base_url}/generate"
+    outcomes, duration = asyncio.run(_send_all(
+        prompts, concurrency, lambda s, p: send_generate(s, url, p, workload.output_len)))
+    return _records(prompts, outcomes, duration, "bench.clients.send_generate")
+
+
+def chat_run(base_url: str, model: str, prompts: list[str], workload: Workload,
+             concurrency: int) -> RunResult:
+    """The same requests as ``generate_run``, to ``/v1/chat/completions``: its counterpart."""
+    url = f"{base_url}/v1/chat/completions"
+    outcomes, duration = asyncio.run(_send_all(
+        prompts, concurrency, lambda s, p: send_chat(s, url, model, p, workload.output_len)))
+    return _records(prompts, outcomes, duration, "bench.clients.send_chat (vLLM's request func)")

@@ -47,7 +47,8 @@ def load(model_path: str, dtype: str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def run_batch(tokenizer: Any, model: Any, prompts: list[str], output_len: int) -> list[dict[str, Any]]:
+def run_batch(tokenizer: Any, model: Any, prompts: list[str],
+              output_len: int) -> list[dict[str, Any]]:
     """Generate for one batch; one record per prompt (times in seconds from the batch start)."""
     import torch
 
@@ -83,6 +84,7 @@ def main(spec_file: str, result_file: str) -> None:
     import transformers
 
     spec = json.loads(Path(spec_file).read_text())
+    torch.set_num_threads(spec["threads"])
     loaded = time.perf_counter()
     tokenizer, model = load(spec["model_path"], spec["dtype"])
     meta = {"load_s": time.perf_counter() - loaded, "torch_threads": torch.get_num_threads(),

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-ARRAY_BYTES = 256 * 2**20  # per process: 8x a 32 MiB L3, so the passes stream from DRAM
+ARRAY_BYTES = 512 * 2**20  # per process: 16x a 32 MiB L3, so the passes stream from DRAM
 PASSES = 5  # best of: the first pass also faults the pages in
 
 

@@ -1,10 +1,10 @@
 """The benchmark, start to end: bandwidth, both servers up (start-up timed), every level and
 repeat run on every system, transformers, compiled start-ups, then the result file.
 
-Runs on the two servers are interleaved (raw vLLM, the service's chat, its chat with EOS, its
-``/generate``, in an order that rotates every repeat), so that load from elsewhere on the
-machine, which drifts over minutes, falls on all of them alike rather than on whichever ran
-last. Only one server is busy at a time: the other idles.
+Runs on the two servers are interleaved (raw vLLM, the service's chat, its chat with the
+requests ``/generate`` gets, its ``/generate``, in an order that rotates every repeat), so that
+load from elsewhere on the machine, which drifts over minutes, falls on all of them alike rather
+than on whichever ran last. Only one server is busy at a time: the other idles.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ SYSTEMS = {
     "raw-chat": "raw `vllm serve`, /v1/chat/completions (reference)",
     "service-chat": "this service, /v1/chat/completions",
     "service-generate": "this service, /generate",
-    "service-chat-eos": "this service, /v1/chat/completions, EOS not ignored (as /generate)",
+    "service-chat-eos": "this service, /v1/chat/completions, the requests /generate gets (EOS "
+                        "ends answers), sent by vLLM's request function in our client loop",
     "transformers": "transformers `generate`, static batches",
 }
 Running = tuple[servers.Server, servers.MemorySampler]
@@ -95,14 +96,11 @@ class Bench:
         name = f"service-{'eager' if eager else 'compiled'}"
         return self.start(name, servers.service_argv(port), port, "/readyz", env)
 
-    def vllm_bench(self, url: str, label: str, concurrency: int, num: int, seed: int,
-                   ignore_eos: bool = True, output_len: int | None = None) -> clients.RunResult:
-        workload = self.plan.workload
-        if output_len is not None:
-            workload = wl.Workload(workload.input_len, output_len)
+    def vllm_bench(self, url: str, label: str, concurrency: int, num: int,
+                   seed: int) -> clients.RunResult:
         argv = clients.vllm_bench_argv(
-            url, self.cfg.served_model_name, self.model_path, workload, concurrency, num, seed,
-            self.scratch / "vllm-bench" / f"{label}.json", ignore_eos=ignore_eos)
+            url, self.cfg.served_model_name, self.model_path, self.plan.workload, concurrency,
+            num, seed, self.scratch / "vllm-bench" / f"{label}.json")
         result = clients.vllm_bench_serve(argv, self.scratch / "vllm-bench" / f"{label}.log")
         result.client["command"] = "vllm bench serve " + " ".join(argv)
         return result
@@ -112,8 +110,9 @@ class Bench:
         n = self.plan.warmup_prompts
         for name, url in (("raw", raw_url), ("service", service_url)):
             self.vllm_bench(url, f"warmup-{name}", n, n, wl.WARMUP_SEED)
-        clients.generate_run(service_url, wl.prompts(self.plan.workload, 2, wl.WARMUP_SEED),
-                             self.plan.workload, 2)
+        prompts = wl.prompts(self.plan.workload, 2, wl.WARMUP_SEED)
+        clients.generate_run(service_url, prompts, self.plan.workload, 2)
+        clients.chat_run(service_url, self.cfg.served_model_name, prompts, self.plan.workload, 2)
 
     def record(self, system: str, concurrency: int, repeat: int,
                run: Callable[[], clients.RunResult]) -> None:
@@ -139,9 +138,12 @@ class Bench:
         if system == "service-generate":
             prompts = wl.prompts(self.plan.workload, n, seed)
             return clients.generate_run(urls["service"], prompts, self.plan.workload, concurrency)
+        if system == "service-chat-eos":
+            prompts = wl.prompts(self.plan.workload, n, seed)
+            return clients.chat_run(urls["service"], self.cfg.served_model_name, prompts,
+                                    self.plan.workload, concurrency)
         url = urls["raw" if system == "raw-chat" else "service"]
-        return self.vllm_bench(url, f"{system}-c{concurrency}-r{repeat}", concurrency, n, seed,
-                               ignore_eos=system != "service-chat-eos")
+        return self.vllm_bench(url, f"{system}-c{concurrency}-r{repeat}", concurrency, n, seed)
 
     def served_runs(self, urls: dict[str, str]) -> None:
         for li, c in enumerate(self.plan.levels):
@@ -168,7 +170,7 @@ class Bench:
     def transformers_phase(self) -> None:
         plan = self.plan
         spec = {
-            "model_path": self.model_path, "dtype": self.cfg.dtype,
+            "model_path": self.model_path, "dtype": self.cfg.dtype, "threads": plan.hf_threads,
             "output_len": plan.workload.output_len,
             "warmup_prompts": wl.prompts(plan.workload, 2, wl.WARMUP_SEED),
             "runs": [{"concurrency": c, "repeat": r,
