@@ -212,10 +212,32 @@ def markdown(result: dict[str, Any], chart_name: str, source: str, notes: str = 
         "## Start-up (process start to ready)", "", *startup_table(result), "",
         f"Compiled start-ups: {result.get('compiled_startup', 'not run')}.", "",
         "## Memory bandwidth and the batch-1 decode floor", "",
-        *bandwidth_lines(result), "",
+        *bandwidth_lines(result), "", *gemv_lines(result, summary), "",
         NOTES_MARKER, notes.strip(), "",
     ]
     return "\n".join(parts)
+
+
+def gemv_lines(result: dict[str, Any], summary: Summary) -> list[str]:
+    """The matmul kernel's own ceiling, and its share of a measured batch-1 step."""
+    gemv, bw = result.get("gemv"), result.get("bandwidth_gb_s")
+    if not gemv or not bw:
+        return []
+    ms = gemv["ms_per_step"]
+    floor_ms = gemv["weight_bytes"] / (bw["read_1t"] * 1e9) * 1e3
+    lines = [f"- vLLM's own matmul kernel (`onednn_mm`), alone on one thread, multiplies one "
+             f"token by every weight matrix in {ms:.1f} ms: it reads the weights at "
+             f"{gemv['weight_gb_s']:.1f} GB/s, {gemv['weight_gb_s'] / bw['read_1t']:.0%} of what "
+             f"one core can read, so the matmuls alone cap batch-1 decode at {1e3 / ms:.1f} "
+             f"tok/s ({floor_ms / ms:.0%} of the one-core floor)."]
+    for system in ("raw-chat", "service-chat"):
+        tpot = summary.get(system, {}).get(1, {}).get("tpot_p50_ms")
+        if tpot is not None and tpot.median:
+            lines.append(f"- `{system}` batch-1 TPOT p50 {tpot.median:.1f} ms: matmuls "
+                         f"~{min(ms / tpot.median, 1):.0%} of a step, the other "
+                         f"~{max(tpot.median - ms, 0):.1f} ms attention, norms, sampling, "
+                         "scheduling and inter-process hand-offs.")
+    return lines
 
 
 def bandwidth_lines(result: dict[str, Any]) -> list[str]:

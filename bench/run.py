@@ -69,6 +69,10 @@ class Bench:
         self.result["bandwidth_gb_s"] = bw.as_dict()
         self.result["weights"] = {"dtype": self.cfg.dtype, "bytes_per_token": per_token}
         logger.info("bandwidth %s GB/s; %.0f MB of weights per token", bw, per_token / 1e6)
+        out = subprocess.run([servers.PYTHON, "-m", "bench.gemv", self.model_path, self.cfg.dtype],
+                             cwd=servers.ROOT, capture_output=True, text=True, check=True).stdout
+        self.result["gemv"] = json.loads(out.strip().splitlines()[-1])[self.cfg.dtype]
+        logger.info("vLLM's matmul kernel alone: %s", self.result["gemv"])
 
     def start(self, name: str, argv: list[str], port: int, ready: str,
               env: dict[str, str] | None = None) -> Running:
