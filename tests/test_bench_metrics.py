@@ -102,3 +102,15 @@ def test_vllm_result_failures_are_kept_apart() -> None:
     out = from_vllm_result(result)
     assert [r.output_tokens for r in out.records] == [128]
     assert out.failures == ["boom"] and out.duration_s == 2.0
+
+
+def test_gemv_shapes_cover_every_matrix_of_smollm2() -> None:
+    from bench.gemv import weight_shapes
+
+    config = {"hidden_size": 576, "num_attention_heads": 9, "head_dim": 64,
+              "num_key_value_heads": 3, "intermediate_size": 1536, "num_hidden_layers": 30,
+              "vocab_size": 49152}
+    shapes = weight_shapes(config)
+    assert shapes[:4] == [(960, 576), (576, 576), (3072, 576), (576, 1536)]
+    # The checkpoint's 134,515,008 parameters less its 61 RMSNorm vectors of 576.
+    assert sum(n * k for n, k in shapes) == 134_515_008 - 61 * 576
