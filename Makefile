@@ -1,4 +1,5 @@
-# One command per job: `make serve`, `make test`, `make lint`. Each sets up what it needs.
+# One command per job: `make serve`, `make test`, `make lint`, `make bench`. Each sets up what it
+# needs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 3000
@@ -7,7 +8,7 @@ REQUIREMENTS := requirements-cpu.txt requirements-nodeps.txt requirements-dev.tx
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install model serve test lint clean browser
+.PHONY: install model serve test lint clean browser bench bench-quick
 
 $(INSTALLED): $(REQUIREMENTS)
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -35,6 +36,20 @@ browser:  ## Debian's Chromium for the chat page tests (Playwright drives it; it
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Benchmarks: this service vs raw `vllm serve` vs transformers (docs/benchmarks.md). Not part
+# of `make test`: the full run takes up to 30 minutes and wants the machine to itself.
+BENCH_INSTALLED := $(VENV)/.bench-installed
+
+$(BENCH_INSTALLED): $(INSTALLED) requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
+bench: model $(BENCH_INSTALLED)  ## full run: bench/results/full.json, docs/benchmarks.{md,png}
+	$(PY) -m bench
+
+bench-quick: model $(BENCH_INSTALLED)  ## smoke run of every path, a few minutes (bench/results/tmp)
+	$(PY) -m bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts

@@ -1,0 +1,67 @@
+"""How much to run: the full benchmark (``make bench``, under 30 minutes on 2 cores) and a quick
+smoke run of every code path (``make bench-quick``, a few minutes).
+
+Prompts are 64 random tokens, 94 with the chat template: shorter than one 128-token block of
+vLLM's CPU KV cache, so prefix caching (on, as the service runs it) can never answer a prompt
+from the cache, and every system can be sent the very same prompts. Answers are 128 tokens, the
+least ``/generate`` accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.workload import Workload
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One benchmark run's size."""
+
+    name: str
+    workload: Workload
+    levels: tuple[int, ...]  # maximum concurrency levels
+    repeats: int  # runs per level and system, for a median and a spread
+    prompts: dict[int, int]  # prompts per run, by level
+    compiled_startup: bool  # also time compiled (torch.compile) start-ups: minutes each
+    budget_s: float  # compiled start-ups are skipped when they would not fit in it
+    membw_mib: int = 512  # per process: 16x the 32 MiB L3, so the passes stream from DRAM
+    warmup_prompts: int = 4
+    # transformers' torch threads: as many as vLLM's engine computes on here (it binds one core
+    # and leaves the other to the front end). With two, torch's OpenMP barriers stall whenever
+    # anything else runs: a bf16 576x1536 linear took 30 ms instead of 0.7 ms on a busy machine.
+    hf_threads: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    def num_prompts(self, concurrency: int) -> int:
+        return self.prompts[concurrency]
+
+
+WORKLOAD = Workload(input_len=64, output_len=128)
+
+FULL = Plan(
+    name="full",
+    workload=WORKLOAD,
+    levels=(1, 8, 32),
+    repeats=3,
+    # Two waves at 8 and one at 32: with fixed lengths every wave starts and ends together.
+    prompts={1: 3, 8: 16, 32: 32},
+    compiled_startup=True,
+    budget_s=29 * 60,
+)
+
+QUICK = Plan(
+    name="quick",
+    workload=WORKLOAD,
+    levels=(1, 8),
+    repeats=1,
+    prompts={1: 1, 8: 8},
+    compiled_startup=False,
+    budget_s=10 * 60,
+    warmup_prompts=2,
+)
+
+PLANS = {plan.name: plan for plan in (FULL, QUICK)}
+
+# Estimated seconds for the two compiled start-ups (measured 3-4 min each on 2 cores).
+COMPILED_STARTUP_ESTIMATE_S = 2 * 240.0
