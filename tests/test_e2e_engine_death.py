@@ -75,6 +75,6 @@ def test_engine_death_fails_fast_and_exits_non_zero() -> None:
     assert isinstance(events, list) and events
     assert not any('"finish_reason":"length"' in e for e in events)  # no normal finish
     assert code != 0
-    time.sleep(1)
-    left = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not left, [(p.pid, p.name()) for p in left]
+    _, left = psutil.wait_procs(children, timeout=15)  # helpers such as resource_tracker
+    left = [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [(p.pid, p.name(), p.cmdline()[:3]) for p in left]

@@ -47,6 +47,6 @@ def test_ready_only_with_engine_and_sigterm_leaves_no_engine_process() -> None:
     finally:
         code = served.stop(server)
     assert code == 0, f"exit code {code}; see {server.log}"
-    time.sleep(1)
+    psutil.wait_procs(children, timeout=15)
     left = engine_processes(children)
     assert not left, f"left behind: {[(p.pid, p.name()) for p in left]}"

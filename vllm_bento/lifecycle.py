@@ -50,6 +50,14 @@ class EngineProcesses:
 
     def note(self) -> None:
         self._procs = psutil.Process().children(recursive=True)
+        logger.info("Engine processes: %s", [(p.pid, p.name()) for p in self._procs])
+
+    def kill(self) -> None:
+        """SIGKILL those still running, at once (the engine is already lost)."""
+        for p in self._procs:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running():
+                    p.kill()
 
     def reap(self, timeout_s: float = 5.0) -> None:
         """Terminate those still running (SIGKILL after ``timeout_s``)."""
@@ -86,10 +94,11 @@ def exit_server(code: int) -> None:
     exit 0 when stopped, hiding the failure from the outer supervisor; it is killed so that
     ``bentoml serve`` ends non-zero.
     """
+    ENGINE_PROCESSES.kill()  # first: an orphaned worker is no longer among our children
     me = psutil.Process()
     for child in me.children(recursive=True):
-        child.kill()
-    ENGINE_PROCESSES.reap(timeout_s=0)
+        with contextlib.suppress(psutil.Error):  # some have exited already
+            child.kill()
     parent = me.parent()
     if parent is not None and is_bentoml_arbiter(parent):
         parent.kill()
