@@ -48,8 +48,9 @@ class EngineProcesses:
     def __init__(self) -> None:
         self._procs: list[psutil.Process] = []
 
-    def note(self) -> None:
-        self._procs = psutil.Process().children(recursive=True)
+    def note(self, root: psutil.Process | None = None) -> None:
+        """Note the descendants of ``root`` (this process by default)."""
+        self._procs = (root or psutil.Process()).children(recursive=True)
         logger.info("Engine processes: %s", [(p.pid, p.name()) for p in self._procs])
 
     def kill(self) -> None:
