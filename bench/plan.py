@@ -21,7 +21,11 @@ class Plan:
     name: str
     workload: Workload
     levels: tuple[int, ...]  # maximum concurrency levels
-    repeats: int  # runs per level and system, for a median and a spread
+    repeats: int  # runs per level and served system, for a median and a spread
+    # Server instances per system, each running repeats/rounds of the repeats: one instance can
+    # be luckier than another in where the OS places its engine processes on the two cores.
+    rounds: int
+    hf_repeats: int  # transformers runs per level (no server, less to vary)
     prompts: dict[int, int]  # prompts per run, by level
     compiled_startup: bool  # also time compiled (torch.compile) start-ups: minutes each
     budget_s: float  # compiled start-ups are skipped when they would not fit in it
@@ -36,6 +40,11 @@ class Plan:
     def num_prompts(self, concurrency: int) -> int:
         return self.prompts[concurrency]
 
+    def round_repeats(self, round_: int) -> range:
+        """The repeats the ``round_``-th server instances run."""
+        per_round = self.repeats // self.rounds
+        return range(round_ * per_round, (round_ + 1) * per_round)
+
 
 WORKLOAD = Workload(input_len=64, output_len=128)
 
@@ -43,11 +52,13 @@ FULL = Plan(
     name="full",
     workload=WORKLOAD,
     levels=(1, 8, 32),
-    repeats=3,
+    repeats=4,
+    rounds=2,
+    hf_repeats=3,
     # Two waves at 8 and one at 32: with fixed lengths every wave starts and ends together.
-    prompts={1: 3, 8: 16, 32: 32},
+    prompts={1: 2, 8: 16, 32: 32},
     compiled_startup=True,
-    budget_s=29 * 60,
+    budget_s=28 * 60,
 )
 
 QUICK = Plan(
@@ -55,6 +66,8 @@ QUICK = Plan(
     workload=WORKLOAD,
     levels=(1, 8),
     repeats=1,
+    rounds=1,
+    hf_repeats=1,
     prompts={1: 1, 8: 8},
     compiled_startup=False,
     budget_s=10 * 60,

@@ -148,14 +148,21 @@ def target_table(found: list[Target]) -> list[str]:
     return lines
 
 
+def fmt_starts(seconds: list[float] | None) -> str:
+    """Median of the start-ups, each one in brackets when there were several."""
+    if not seconds:
+        return "-"
+    text = f"{statistics.median(seconds):.1f}"
+    return text if len(seconds) == 1 else f"{text} ({', '.join(f'{x:.0f}' for x in seconds)})"
+
+
 def startup_table(result: dict[str, Any]) -> list[str]:
     s = result.get("startup_s", {})
     lines = ["| Server | Eager (s) | Compiled (s) |", "| --- | ---: | ---: |"]
     for name, label in (("service", "this service (`bentoml serve`, to `/readyz`)"),
                         ("raw", "raw `vllm serve` (to `/health`)")):
-        eager, compiled = s.get(f"{name}-eager"), s.get(f"{name}-compiled")
-        lines.append(f"| {label} | {eager:.1f} | " if eager else f"| {label} | - | ")
-        lines[-1] += f"{compiled:.1f} |" if compiled else "- |"
+        lines.append(f"| {label} | {fmt_starts(s.get(f'{name}-eager'))} | "
+                     f"{fmt_starts(s.get(f'{name}-compiled'))} |")
     return lines
 
 
@@ -184,9 +191,15 @@ def header(result: dict[str, Any]) -> list[str]:
         f"Workload: prompts of {w['input_len']} random tokens (vLLM's random dataset; "
         f"{mean_prompt_tokens(result):.0f} with the chat template), answers of "
         f"{w['output_len']} tokens, greedy; concurrency {', '.join(map(str, plan['levels']))}; "
-        f"{plan['repeats']} repeats per level, {plan['prompts']} prompts per run by level. "
+        f"{plan['repeats']} repeats per level on {plan['rounds']} instances of each server "
+        f"(transformers: {plan['hf_repeats']}), {prompts_text(plan['prompts'])} prompts per "
+        "run. "
         f"Engine: `{' '.join(result['engine_args'])}`.",
     ]
+
+
+def prompts_text(prompts: dict[str, int]) -> str:
+    return ", ".join(f"{n} at c={c}" for c, n in prompts.items())
 
 
 def mean_prompt_tokens(result: dict[str, Any]) -> float:

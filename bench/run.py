@@ -81,13 +81,22 @@ class Bench:
         server = servers.launch(name, argv, port, ready, self.scratch, env)
         sampler = servers.MemorySampler(server.process.pid).start()
         try:
-            self.result["startup_s"][name] = servers.wait_ready(server)
+            seconds = servers.wait_ready(server)
         except BaseException:
             sampler.stop()
             servers.stop(server)
             raise
-        logger.info("%s ready in %.1f s", name, self.result["startup_s"][name])
+        self.result["startup_s"].setdefault(name, []).append(seconds)
+        logger.info("%s ready in %.1f s", name, seconds)
         return server, sampler
+
+    def stop(self, name: str, server: servers.Server, sampler: servers.MemorySampler) -> None:
+        """Stop a server; keep the highest memory peak any instance of it reached."""
+        peaks = sampler.stop()
+        servers.stop(server)
+        kept = self.result["memory"].setdefault(name, peaks)
+        for key, value in peaks.items():
+            kept[key] = max(kept[key], value)
 
     def start_raw(self, eager: bool = True, env: dict[str, str] | None = None) -> Running:
         port = servers.free_port()
@@ -149,27 +158,29 @@ class Bench:
         url = urls["raw" if system == "raw-chat" else "service"]
         return self.vllm_bench(url, f"{system}-c{concurrency}-r{repeat}", concurrency, n, seed)
 
-    def served_runs(self, urls: dict[str, str]) -> None:
+    def served_runs(self, urls: dict[str, str], repeats: range) -> None:
         for li, c in enumerate(self.plan.levels):
-            for r in range(self.plan.repeats):
+            for r in repeats:
                 shift = (li + r) % len(SERVED)
                 for system in SERVED[shift:] + SERVED[:shift]:
                     self.record(system, c, r, partial(self.served_run, system, urls, c, r))
                 self.save()
 
     def eager_phase(self) -> None:
-        raw, raw_mem = self.start_raw()
-        try:
-            service, service_mem = self.start_service()
+        """Each round starts both servers (the first one alternating), runs its share of the
+        repeats on them, and stops them."""
+        for round_ in range(self.plan.rounds):
+            starts = [("raw", self.start_raw), ("service", self.start_service)]
+            running: dict[str, Running] = {}
             try:
-                self.warm_up(raw.url, service.url)
-                self.served_runs({"raw": raw.url, "service": service.url})
+                for name, start in starts[:: 1 if round_ % 2 == 0 else -1]:
+                    running[name] = start()
+                urls = {name: server.url for name, (server, _) in running.items()}
+                self.warm_up(urls["raw"], urls["service"])
+                self.served_runs(urls, self.plan.round_repeats(round_))
             finally:
-                self.result["memory"]["service"] = service_mem.stop()
-                servers.stop(service)
-        finally:
-            self.result["memory"]["raw"] = raw_mem.stop()
-            servers.stop(raw)
+                for name, (server, sampler) in running.items():
+                    self.stop(name, server, sampler)
 
     def transformers_phase(self) -> None:
         plan = self.plan
@@ -179,12 +190,12 @@ class Bench:
             "warmup_prompts": wl.prompts(plan.workload, 2, wl.WARMUP_SEED),
             "runs": [{"concurrency": c, "repeat": r,
                       "prompts": wl.prompts(plan.workload, plan.num_prompts(c), wl.seed_for(c, r))}
-                     for c in plan.levels for r in range(plan.repeats)],
+                     for c in plan.levels for r in range(plan.hf_repeats)],
         }
         self.scratch.mkdir(parents=True, exist_ok=True)
         spec_file, out_file = self.scratch / "hf-spec.json", self.scratch / "hf-result.json"
         spec_file.write_text(json.dumps(spec))
-        logger.info("transformers: %d runs", len(plan.levels) * plan.repeats)
+        logger.info("transformers: %d runs", len(plan.levels) * plan.hf_repeats)
         load_before = meta.load_average()
         with (self.scratch / "transformers.log").open("wb") as log:
             proc = subprocess.Popen([servers.PYTHON, "-m", "bench.hf_runner", str(spec_file),
@@ -210,8 +221,8 @@ class Bench:
                         metrics.ttft_p50_ms, metrics.tpot_p50_ms)
 
     def compiled_phase(self) -> None:
-        """Compiled start-ups, each from an empty compile cache (a warm cache was measured not
-        to load reliably; and the second server must not reuse the first one's)."""
+        """Compiled start-ups, each from empty compile caches, vLLM's and torch's (a warm cache
+        was measured not to load reliably; and the second server must not reuse the first's)."""
         elapsed = time.monotonic() - self.started
         if not self.plan.compiled_startup:
             self.result["compiled_startup"] = "not in this plan"
@@ -224,10 +235,13 @@ class Bench:
             return
         for start in (self.start_raw, self.start_service):
             with tempfile.TemporaryDirectory(dir=self.scratch) as cache:
-                server, mem = start(False, {"VLLM_CACHE_ROOT": cache})
+                env = {"VLLM_CACHE_ROOT": cache, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
+                       "TRITON_CACHE_DIR": f"{cache}/triton"}
+                server, mem = start(False, env)
                 mem.stop()
                 servers.stop(server)
-        self.result["compiled_startup"] = "measured, each from an empty compile cache"
+        self.result["compiled_startup"] = ("measured, each from empty compile caches (vLLM's, "
+                                           "torch inductor's and triton's)")
 
     def save(self) -> None:
         self.result_file.parent.mkdir(parents=True, exist_ok=True)
@@ -237,10 +251,13 @@ class Bench:
         self.result["machine"] = meta.machine(servers.ROOT)
         self.result["load_start"] = meta.load_average()
         self.result["environment"] = environment_note()
-        self.measure_bandwidth()
-        self.eager_phase()
-        self.transformers_phase()
-        self.compiled_phase()
+        phases = (self.measure_bandwidth, self.eager_phase, self.transformers_phase,
+                  self.compiled_phase)
+        self.result["phase_s"] = {}
+        for phase in phases:
+            started = time.monotonic()
+            phase()
+            self.result["phase_s"][phase.__name__] = round(time.monotonic() - started, 1)
         self.result["load_end"] = meta.load_average()
         self.result["wall_s"] = time.monotonic() - self.started
         self.save()
