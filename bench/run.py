@@ -41,6 +41,10 @@ SYSTEMS = {
     "transformers": "transformers `generate`, static batches",
 }
 Running = tuple[servers.Server, servers.MemorySampler]
+# After its last request an engine's worker keeps spinning on its core for about a second
+# (measured: 0.98 s of CPU in the next second, then idle), and both engines' workers are bound
+# to the same core: without a pause, each run would start against the previous one's spin.
+SETTLE_S = 3.0
 SERVED = ("raw-chat", "service-chat", "service-chat-eos", "service-generate")
 
 
@@ -129,6 +133,7 @@ class Bench:
 
     def record(self, system: str, concurrency: int, repeat: int,
                run: Callable[[], clients.RunResult]) -> None:
+        time.sleep(SETTLE_S)
         load_before = meta.load_average()
         result = run()
         metrics = summarize(result.records, result.duration_s, concurrency)
