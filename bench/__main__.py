@@ -1,8 +1,10 @@
 """``python -m bench``: the full benchmark (``make bench``); ``--quick`` for a smoke run
-(``make bench-quick``); ``--report RESULT`` to regenerate the page and chart from a result file.
+(``make bench-quick``); ``--startup`` for eager and compiled start-up times alone;
+``--report RESULT`` to regenerate the page and chart from a result file.
 
 The full run writes ``bench/results/full.json``, ``docs/benchmarks.md`` and
-``docs/benchmarks.png``; the quick run writes under ``bench/results/tmp/`` only.
+``docs/benchmarks.png``; ``--startup`` writes ``bench/results/startup.json``; the quick run
+writes under ``bench/results/tmp/`` only.
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ OUTPUTS = {
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smoke run, a few minutes")
+    parser.add_argument("--startup", action="store_true",
+                        help="start-up times only, eager and compiled, twice each (~15 min)")
     parser.add_argument("--report", type=Path, help="only rewrite page and chart from this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll
+    if args.startup:
+        result = Bench(PLANS["startup"], RESULTS / "startup.json").run_startups()
+        print(json.dumps(result["startup_s"]))
+        return
     name = "quick" if args.quick else "full"
     result_file, page, chart = OUTPUTS[name]
     if args.report:

@@ -41,6 +41,10 @@ SYSTEMS = {
     "transformers": "transformers `generate`, static batches",
 }
 Running = tuple[servers.Server, servers.MemorySampler]
+# After its last request an engine's worker keeps spinning on its core for about a second
+# (measured: 0.98 s of CPU in the next second, then idle), and both engines' workers are bound
+# to the same core: without a pause, each run would start against the previous one's spin.
+SETTLE_S = 3.0
 SERVED = ("raw-chat", "service-chat", "service-chat-eos", "service-generate")
 
 
@@ -129,6 +133,7 @@ class Bench:
 
     def record(self, system: str, concurrency: int, repeat: int,
                run: Callable[[], clients.RunResult]) -> None:
+        time.sleep(SETTLE_S)
         load_before = meta.load_average()
         result = run()
         metrics = summarize(result.records, result.duration_s, concurrency)
@@ -220,9 +225,21 @@ class Bench:
                         "%5.1f ms", run["concurrency"], run["repeat"], metrics.output_tok_s,
                         metrics.ttft_p50_ms, metrics.tpot_p50_ms)
 
+    def timed_starts(self, eager: bool, service_first: bool = False) -> None:
+        """Start and stop raw vLLM and the service, each from empty compile caches, vLLM's and
+        torch's (a warm cache was measured not to load reliably; and the second server must not
+        reuse the first one's)."""
+        starts = [self.start_raw, self.start_service]
+        for start in starts[::-1] if service_first else starts:
+            with tempfile.TemporaryDirectory(dir=self.scratch) as cache:
+                env = {"VLLM_CACHE_ROOT": cache, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
+                       "TRITON_CACHE_DIR": f"{cache}/triton"}
+                server, mem = start(eager, env)
+                mem.stop()
+                servers.stop(server)
+
     def compiled_phase(self) -> None:
-        """Compiled start-ups, each from empty compile caches, vLLM's and torch's (a warm cache
-        was measured not to load reliably; and the second server must not reuse the first's)."""
+        """Compiled start-ups, when the plan has them and they fit in its time budget."""
         elapsed = time.monotonic() - self.started
         if not self.plan.compiled_startup:
             self.result["compiled_startup"] = "not in this plan"
@@ -230,18 +247,28 @@ class Bench:
         if elapsed + COMPILED_STARTUP_ESTIMATE_S > self.plan.budget_s:
             self.result["compiled_startup"] = (
                 f"skipped: {elapsed / 60:.1f} min used, ~{COMPILED_STARTUP_ESTIMATE_S / 60:.0f} "
-                f"more needed, budget {self.plan.budget_s / 60:.0f} min")
+                f"more needed, budget {self.plan.budget_s / 60:.0f} min; "
+                "`python -m bench --startup` measures them on their own")
             logger.warning("compiled start-ups %s", self.result["compiled_startup"])
             return
-        for start in (self.start_raw, self.start_service):
-            with tempfile.TemporaryDirectory(dir=self.scratch) as cache:
-                env = {"VLLM_CACHE_ROOT": cache, "TORCHINDUCTOR_CACHE_DIR": f"{cache}/inductor",
-                       "TRITON_CACHE_DIR": f"{cache}/triton"}
-                server, mem = start(False, env)
-                mem.stop()
-                servers.stop(server)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.timed_starts(eager=False)
         self.result["compiled_startup"] = ("measured, each from empty compile caches (vLLM's, "
                                            "torch inductor's and triton's)")
+
+    def run_startups(self) -> dict[str, Any]:
+        """Start-up times alone, twice each, cold caches: eager and compiled, raw vLLM and the
+        service, in an order that gives neither the advantage of going second."""
+        self.result["machine"] = meta.machine(servers.ROOT)
+        self.result["load_start"] = meta.load_average()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        for eager, service_first in ((True, False), (False, False), (False, True), (True, True)):
+            self.timed_starts(eager, service_first)
+            self.save()
+        self.result["load_end"] = meta.load_average()
+        self.result["wall_s"] = time.monotonic() - self.started
+        self.save()
+        return self.result
 
     def save(self) -> None:
         self.result_file.parent.mkdir(parents=True, exist_ok=True)
