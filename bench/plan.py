@@ -31,6 +31,8 @@ class Plan:
     budget_s: float  # compiled start-ups are skipped when they would not fit in it
     membw_mib: int = 512  # per process: 16x the 32 MiB L3, so the passes stream from DRAM
     warmup_prompts: int = 4
+    # Levels at which both servers run once more under py-spy (bench.profile), uncounted.
+    profile_levels: tuple[int, ...] = ()
     # transformers' torch threads: as many as vLLM's engine computes on here (it binds one core
     # and leaves the other to the front end). With two, torch's OpenMP barriers stall whenever
     # anything else runs: a bf16 576x1536 linear took 30 ms instead of 0.7 ms on a busy machine.
@@ -56,9 +58,10 @@ FULL = Plan(
     rounds=2,
     hf_repeats=3,
     # Two waves at 8 and one at 32: with fixed lengths every wave starts and ends together.
-    prompts={1: 2, 8: 16, 32: 32},
+    prompts={1: 3, 8: 16, 32: 32},
     compiled_startup=True,
-    budget_s=27 * 60,
+    budget_s=28 * 60,
+    profile_levels=(1, 32),
 )
 
 QUICK = Plan(
@@ -72,6 +75,7 @@ QUICK = Plan(
     compiled_startup=False,
     budget_s=10 * 60,
     warmup_prompts=2,
+    profile_levels=(8,),
 )
 
 # Start-ups only (`python -m bench --startup`): compiled ones take minutes each and do not fit
@@ -92,4 +96,4 @@ PLANS = {plan.name: plan for plan in (FULL, QUICK, STARTUP)}
 
 # Estimated seconds for the two compiled start-ups from cold caches: measured 98-101 s each on
 # the 2-core EPYC (187 s for the very first compile on the machine), more when it is busy.
-COMPILED_STARTUP_ESTIMATE_S = 2 * 150.0
+COMPILED_STARTUP_ESTIMATE_S = 2 * 120.0

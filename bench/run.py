@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import clients, membw, meta, servers
+from bench import profile as prof
 from bench import workload as wl
 from bench.metrics import RequestRecord, summarize
 from bench.plan import COMPILED_STARTUP_ESTIMATE_S, Plan
@@ -183,9 +184,32 @@ class Bench:
                 urls = {name: server.url for name, (server, _) in running.items()}
                 self.warm_up(urls["raw"], urls["service"])
                 self.served_runs(urls, self.plan.round_repeats(round_))
+                if round_ == self.plan.rounds - 1:
+                    self.profile_phase({name: server for name, (server, _) in running.items()})
             finally:
                 for name, (server, sampler) in running.items():
                     self.stop(name, server, sampler)
+
+    def profile_phase(self, running: dict[str, servers.Server]) -> None:
+        """Both servers once more per profiled level, under py-spy: where their CPU time goes.
+        These runs are not counted in the throughput figures (py-spy takes some CPU)."""
+        for c in self.plan.profile_levels:
+            for name, server in running.items():
+                label = f"profile-{name}-c{c}"
+                drive = partial(self.output_tokens, server.url, label, c)
+                found = prof.profile(server.process.pid, drive,
+                                     self.scratch / "py-spy" / f"{label}.txt")
+                profiled = self.result.setdefault("profile", {"rate_hz": prof.RATE_HZ})
+                profiled.setdefault(name, {})[str(c)] = found
+                logger.info("%s: %s", label, {role: f"{v['cpu_s_per_1k_tokens']:.1f} cpu-s/1k tok"
+                                              for role, v in found["roles"].items()})
+        self.save()
+
+    def output_tokens(self, url: str, label: str, concurrency: int) -> int:
+        """One ``vllm bench serve`` run at ``concurrency``; the output tokens it got."""
+        seed, n = wl.seed_for(concurrency, 0), self.plan.num_prompts(concurrency)
+        result = self.vllm_bench(url, label, concurrency, n, seed)
+        return sum(r.output_tokens for r in result.records)
 
     def transformers_phase(self) -> None:
         plan = self.plan
