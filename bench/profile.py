@@ -27,16 +27,20 @@ from bench.servers import tree
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 RATE_HZ = 50  # low enough not to slow what it watches much on two cores
 
-# What a sample was spent on: the first category, in this order, with a pattern in any frame of
-# the sample's stack (so a matmul called from the model runner counts as a matmul). Frames look
-# like "function (package/module.py:line)".
-CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+# What a sample was spent on. Frames look like "function (package/module.py:line)". First the
+# engine's operations, in this order, wherever they are in the stack (a matmul called from the
+# model runner is a matmul); else the layer of the innermost frame that has one (a pydantic call
+# from vLLM's OpenAI code is that code's, a socket write from uvicorn the HTTP server's, even
+# though vLLM's API server has its own entrypoint at the root of every stack).
+OPERATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("waiting for the other process", ("sched_yield", "shm_broadcast.py")),
     ("matmul (oneDNN)", ("onednn_mm",)),
     ("attention", ("cpu_attention_with_kv_cache", "cpu_attn_reshape_and_cache", "cpu_attn.py")),
     ("norms, activations, rotary", ("layernorm.py", "activation.py", "rotary_embedding")),
     ("sampling", ("vllm/v1/sample/",)),
     ("scheduler", ("vllm/v1/core/",)),
+)
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("IPC (zmq, msgpack)", ("zmq/", "msgspec", "serial_utils.py")),
     ("engine loop, output processing", ("vllm/v1/engine/", "tokenizers")),
     ("tracing, metrics", ("opentelemetry/", "prometheus_client/", "vllm/v1/metrics/")),
@@ -78,9 +82,13 @@ def cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
 
 
 def category(frames: list[str]) -> str:
-    for name, patterns in CATEGORIES:
+    for name, patterns in OPERATIONS:
         if any(p in frame for frame in frames for p in patterns):
             return name
+    for frame in reversed(frames):
+        for name, patterns in LAYERS:
+            if any(p in frame for p in patterns):
+                return name
     return OTHER
 
 

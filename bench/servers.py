@@ -11,7 +11,6 @@ engine environment, each in its own process group.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from tests.served import stop_process
 from vllm_bento.settings import EngineConfig
 from vllm_bento.vllm_entrypoints import cli_args, engine_env
 
@@ -101,14 +101,7 @@ def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> float:
 def stop(server: Server, timeout: float = 60.0) -> int | None:
     """SIGTERM; SIGKILL the whole group if it has not exited within ``timeout``.
     Returns the exit code, or None when it had to be killed."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-    try:
-        return server.process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-        return None
+    return stop_process(server.process, timeout)
 
 
 def tree(pid: int) -> list[psutil.Process]:

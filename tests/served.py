@@ -99,13 +99,18 @@ def start(name: str, env: dict[str, str] | None = None, target: str = "service:V
 def stop(served: Served, timeout: float = 60.0) -> int | None:
     """SIGTERM, as a supervisor sends it; SIGKILL the whole group if it does not exit in time.
     Returns the exit code, or None when it had to be killed."""
-    if served.process.poll() is None:
-        served.process.send_signal(signal.SIGTERM)
+    return stop_process(served.process, timeout)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int | None:
+    """``stop`` for any server started in its own process group (the benchmark's too)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     try:
-        return served.process.wait(timeout)
+        return process.wait(timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(served.process.pid, signal.SIGKILL)
-        served.process.wait()
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         return None
 
 

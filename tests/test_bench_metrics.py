@@ -10,6 +10,7 @@ import pytest
 from bench.clients import from_vllm_result
 from bench.membw import decode_floor_tok_s, kernel_bytes
 from bench.metrics import RequestRecord, RunMetrics, over_repeats, spread, summarize, tpot
+from bench.profile import parse_samples
 from bench.report import paired_ratios, summarize_runs, targets
 
 
@@ -60,7 +61,8 @@ def test_over_repeats_takes_each_metric_median() -> None:
 def run(system: str, c: int, repeat: int, tok_s: float, ttft_ms: float = 100.0,
         tpot_ms: float = 50.0) -> dict[str, Any]:
     return {"system": system, "concurrency": c, "repeat": repeat,
-            "metrics": metrics(tok_s, ttft_ms, tpot_ms, c).as_dict()}
+            "metrics": metrics(tok_s, ttft_ms, tpot_ms, c).as_dict(),
+            "records": [{"ttft": ttft_ms / 1000}] * 3}
 
 
 def test_paired_ratios_pair_runs_of_the_same_repeat() -> None:
@@ -80,6 +82,37 @@ def test_targets_compare_service_with_raw_and_transformers() -> None:
     generate = [t for name, t in found.items() if name.startswith("/generate")]
     assert generate[0].ratio == pytest.approx(80 / 90) and not generate[0].met
     assert found["service chat / transformers, output tok/s"].ratio == pytest.approx(4.9)
+
+
+def test_ttft_target_pools_every_request_of_every_repeat() -> None:
+    # Repeat 0's raw run had one slow first token: its own median moves, the pooled one barely.
+    slow = run("raw-chat", 1, 0, 10, ttft_ms=100)
+    slow["records"] = [{"ttft": 0.1}, {"ttft": 0.5}]
+    runs = [slow, run("service-chat", 1, 0, 10, ttft_ms=105),
+            run("raw-chat", 1, 1, 10, ttft_ms=100), run("service-chat", 1, 1, 10, ttft_ms=105)]
+    result = {"runs": runs, "plan": {"levels": [1]}}
+    ttft = next(t for t in targets(result, summarize_runs(runs)) if "TTFT" in t.name)
+    assert ttft.ratio == pytest.approx(1.05) and ttft.met
+    assert "over 6 / 5 requests" in ttft.detail
+
+
+def test_profile_samples_go_to_the_innermost_process_and_first_category() -> None:
+    root, worker = 'process 1:"circusd"', 'process 3:"VLLM::Worker"'
+    text = "\n".join([
+        f"{root};process 2:\"python -m _bentoml_impl.worker\";run (uvicorn/server.py:1);"
+        "send (starlette/responses.py:2) 3",
+        f"{root};{worker};execute_model (vllm/v1/worker/gpu_model_runner.py:1);"
+        "forward (vllm/model_executor/models/llama.py:2);onednn_mm (vllm/_custom_ops.py:3);"
+        "__call__ (torch/_ops.py:4) 5",
+        f"{root};{worker};dequeue (vllm/distributed/device_communicators/shm_broadcast.py:9) 2",
+        f"{root};{worker};execute_model (vllm/v1/worker/gpu_model_runner.py:1) 1",
+        f"{root};process 4:\"VLLM::EngineCore\";step (vllm/v1/core/sched/scheduler.py:1) 4",
+    ])
+    counts = parse_samples(text)
+    assert counts["front end"] == {"HTTP server, middleware": 3}
+    assert counts["worker"] == {"matmul (oneDNN)": 5, "waiting for the other process": 2,
+                                "model runner": 1}
+    assert counts["engine core"] == {"scheduler": 4}
 
 
 def test_decode_floor_target_uses_batch_one_tpot() -> None:
