@@ -57,16 +57,14 @@ def step_ms(shapes: list[tuple[int, int]], dtype_name: str, batch: int = 1) -> d
 
 
 def main(model_path: str, dtypes: list[str]) -> None:
-    import importlib.metadata
-
     import torch
 
-    from vllm_bento import vllm_cli
+    from vllm_bento.vllm_cli import answer_vllm_version
 
     torch.set_num_threads(1)
-    # What `python -m vllm_bento.vllm_cli` does before importing vLLM: on the CPU build, vLLM's
-    # platform detection picks its kernels from the "+cpu" version it is answered here.
-    importlib.metadata.version = vllm_cli._version
+    # As `python -m vllm_bento.vllm_cli` does: on the CPU build, vLLM's platform detection
+    # picks its kernels from the "+cpu" version it is answered.
+    answer_vllm_version()
     shapes = weight_shapes(json.loads((Path(model_path) / "config.json").read_text()))
     print(json.dumps({d: step_ms(shapes, d) for d in dtypes}))
 

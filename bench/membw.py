@@ -16,7 +16,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,9 +33,6 @@ class Bandwidth:
     copy_1t: float
     copy_all: float
     threads: int
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def _pass_seconds(kernel: str, nbytes: int, passes: int) -> list[float]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,8 +45,6 @@ class RunMetrics:
     mean_output_tokens: float
     mean_prompt_tokens: float
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 # The metrics reported as median and spread over the repeats of one level.
@@ -100,8 +98,6 @@ class Spread:
     low: float
     high: float
 
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def spread(values: Sequence[float]) -> Spread:

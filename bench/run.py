@@ -41,7 +41,7 @@ SYSTEMS = {
                         "ends answers), sent by vLLM's request function in our client loop",
     "transformers": "transformers `generate`, static batches",
 }
-Running = tuple[servers.Server, servers.MemorySampler]
+Running = tuple[servers.Served, servers.MemorySampler]
 # After its last request an engine's worker keeps spinning on its core for about a second
 # (measured: 0.98 s of CPU in the next second, then idle), and both engines' workers are bound
 # to the same core: without a pause, each run would start against the previous one's spin.
@@ -50,7 +50,7 @@ SERVED = ("raw-chat", "service-chat", "service-chat-eos", "service-generate")
 
 
 class Bench:
-    """One benchmark run under ``plan``, writing into ``out_dir`` (scratch) and ``result_file``."""
+    """One benchmark run under ``plan``, writing into ``scratch`` and ``result_file``."""
 
     def __init__(self, plan: Plan, result_file: Path) -> None:
         self.plan = plan
@@ -71,7 +71,7 @@ class Bench:
         logger.info("memory bandwidth")
         bw = membw.measure_all(self.plan.membw_mib * 2**20)
         per_token = wl.weight_bytes(self.model_path, self.cfg.dtype)
-        self.result["bandwidth_gb_s"] = bw.as_dict()
+        self.result["bandwidth_gb_s"] = asdict(bw)
         self.result["weights"] = {"dtype": self.cfg.dtype, "bytes_per_token": per_token}
         logger.info("bandwidth %s GB/s; %.0f MB of weights per token", bw, per_token / 1e6)
         out = subprocess.run([servers.PYTHON, "-m", "bench.gemv", self.model_path, self.cfg.dtype],
@@ -83,10 +83,10 @@ class Bench:
               env: dict[str, str] | None = None) -> Running:
         """Start a server alone on the machine's share of it, and time it to ready."""
         logger.info("starting %s", name)
-        server = servers.launch(name, argv, port, ready, self.scratch, env)
+        server = servers.start(name, argv, port, self.scratch, env)
         sampler = servers.MemorySampler(server.process.pid).start()
         try:
-            seconds = servers.wait_ready(server)
+            seconds = servers.wait_ready(server, ready)
         except BaseException:
             sampler.stop()
             servers.stop(server)
@@ -95,7 +95,7 @@ class Bench:
         logger.info("%s ready in %.1f s", name, seconds)
         return server, sampler
 
-    def stop(self, name: str, server: servers.Server, sampler: servers.MemorySampler) -> None:
+    def stop(self, name: str, server: servers.Served, sampler: servers.MemorySampler) -> None:
         """Stop a server; keep the highest memory peak any instance of it reached."""
         peaks = sampler.stop()
         servers.stop(server)
@@ -112,7 +112,7 @@ class Bench:
         port = servers.free_port()
         env = {**(env or {}), "LLM_ENFORCE_EAGER": str(eager).lower()}
         name = f"service-{'eager' if eager else 'compiled'}"
-        return self.start(name, servers.service_argv(port), port, "/readyz", env)
+        return self.start(name, servers.serve_command(port), port, "/readyz", env)
 
     def vllm_bench(self, url: str, label: str, concurrency: int, num: int,
                    seed: int) -> clients.RunResult:
@@ -141,7 +141,7 @@ class Bench:
         self.result["runs"].append({
             "system": system, "concurrency": concurrency, "repeat": repeat,
             "load_before": load_before, "load_after": meta.load_average(),
-            "metrics": metrics.as_dict(), "failures": result.failures, "client": result.client,
+            "metrics": asdict(metrics), "failures": result.failures, "client": result.client,
             "records": [asdict(r) for r in result.records],
         })
         logger.info("%-17s c=%-2d #%d  %6.1f tok/s  ttft p50 %6.0f ms  tpot p50 %5.1f ms  "
@@ -190,7 +190,7 @@ class Bench:
                 for name, (server, sampler) in running.items():
                     self.stop(name, server, sampler)
 
-    def profile_phase(self, running: dict[str, servers.Server]) -> None:
+    def profile_phase(self, running: dict[str, servers.Served]) -> None:
         """Both servers once more per profiled level, under py-spy: where their CPU time goes.
         These runs are not counted in the throughput figures (py-spy takes some CPU)."""
         for c in self.plan.profile_levels:
@@ -243,7 +243,7 @@ class Bench:
             self.result["runs"].append({
                 "system": "transformers", "concurrency": run["concurrency"],
                 "repeat": run["repeat"], "load_before": load_before,
-                "load_after": meta.load_average(), "metrics": metrics.as_dict(), "failures": [],
+                "load_after": meta.load_average(), "metrics": asdict(metrics), "failures": [],
                 "client": {"client": "bench.hf_runner"}, "records": run["records"]})
             logger.info("transformers c=%-2d #%d  %6.1f tok/s  ttft p50 %6.0f ms  tpot p50 "
                         "%5.1f ms", run["concurrency"], run["repeat"], metrics.output_tok_s,

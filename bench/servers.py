@@ -5,103 +5,53 @@
   ready when ``/health`` answers 200 (vLLM listens only once the engine is up).
 
 Both get the same engine settings (``vllm_bento.vllm_entrypoints.cli_args``) and the same
-engine environment, each in its own process group.
+engine environment, each in its own process group; they are started, awaited and stopped by the
+end-to-end tests' own helpers (``tests.served``, ``tests.raw_vllm``).
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 
-from tests.served import stop_process
+from tests.raw_vllm import raw_vllm_command
+from tests.served import ROOT, Served, free_port, launch, serve_command, stop
+from tests.served import wait_ready as wait_served
 from vllm_bento.settings import EngineConfig
 from vllm_bento.vllm_entrypoints import cli_args, engine_env
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "PYTHON", "Served", "free_port", "serve_command", "raw_vllm_argv", "start",
+           "wait_ready", "stop", "tree", "tree_memory", "MemorySampler"]
+
 PYTHON = sys.executable
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
 READY_TIMEOUT_S = 900.0  # a compiled start takes minutes, more on a busy machine
 POLL_S = 0.25
 
 
-@dataclass
-class Server:
-    """A server process and where to reach it."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    ready_path: str
-    started_at: float  # time.monotonic() just before the process was started
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def service_argv(port: int) -> list[str]:
-    return [BENTOML, "serve", "service:VLLM", "--port", str(port), "--host", "127.0.0.1"]
-
-
 def raw_vllm_argv(cfg: EngineConfig, model_path: str, port: int) -> list[str]:
     """``vllm serve`` with exactly the arguments the service gives its in-process engine."""
-    return [PYTHON, "-m", "vllm_bento.vllm_cli", "serve", *cli_args(cfg, model_path),
-            "--port", str(port), "--host", "127.0.0.1"]
+    return raw_vllm_command(cli_args(cfg, model_path), port)
 
 
-def launch(name: str, argv: list[str], port: int, ready_path: str, log_dir: Path,
-           env: dict[str, str] | None = None) -> Server:
-    """Start ``argv`` (a server listening on ``port``) in its own process group."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"server-{name}.log"
-    started_at = time.monotonic()
-    process = subprocess.Popen(
-        argv, cwd=ROOT, env={**os.environ, **engine_env(), **(env or {})},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    return Server(name, process, port, log, ready_path, started_at)
+def start(name: str, argv: list[str], port: int, log_dir: Path,
+          env: dict[str, str] | None = None) -> Served:
+    """Start ``argv`` (a server listening on ``port``) in its own process group, with the engine
+    environment, logging to ``<log_dir>/server-<name>.log``."""
+    return launch(argv, port, log_dir / f"server-{name}.log", {**engine_env(), **(env or {})})
 
 
-def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> float:
-    """Seconds from process start until the ready route answers 200.
+def wait_ready(server: Served, path: str) -> float:
+    """Seconds from process start until ``path`` answers 200 (polled often: start-ups are timed).
 
     Raises:
         RuntimeError: the server exited first.
-        TimeoutError: it was not ready within ``timeout`` seconds.
+        TimeoutError: it was not ready within ``READY_TIMEOUT_S``.
     """
-    while time.monotonic() - server.started_at < timeout:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"{server.name} exited {server.process.returncode}; see {server.log}")
-        try:
-            if httpx.get(server.url + server.ready_path, timeout=5).status_code == 200:
-                return time.monotonic() - server.started_at
-        except httpx.HTTPError:
-            pass
-        time.sleep(POLL_S)
-    raise TimeoutError(f"{server.name} not ready after {timeout:.0f} s; see {server.log}")
-
-
-def stop(server: Server, timeout: float = 60.0) -> int | None:
-    """SIGTERM; SIGKILL the whole group if it has not exited within ``timeout``.
-    Returns the exit code, or None when it had to be killed."""
-    return stop_process(server.process, timeout)
+    return wait_served(server, READY_TIMEOUT_S, path, POLL_S)
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -7,13 +7,11 @@ parity tests (and the benchmark) compare the service with.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.served import ARTIFACTS, ROOT, Served, free_port, stop, wait_ready
+from tests.served import ARTIFACTS, Served, free_port, launch, stop, wait_ready
 from vllm_bento import hardware
 from vllm_bento.packaged_model import ensure_packaged_model
 from vllm_bento.settings import engine_config, load_settings
@@ -33,19 +31,18 @@ def service_engine_args(model_path: str | None = None) -> list[str]:
     return cli_args(engine_config(load_settings(), hardware.detect()), path)
 
 
+def raw_vllm_command(args: list[str], port: int) -> list[str]:
+    """``vllm serve <args>`` (through the CPU-build shim) on ``port`` of the loopback interface."""
+    return [sys.executable, "-m", "vllm_bento.vllm_cli", "serve", *args,
+            "--port", str(port), "--host", "127.0.0.1"]
+
+
 def start_raw(name: str, args: list[str], env: dict[str, str] | None = None) -> Served:
-    """Start ``vllm serve <args>`` (through the CPU-build shim) on a free port, in its own
-    process group, logging to ``tests/artifacts/raw-vllm-<name>.log``."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    """Start ``vllm serve <args>`` on a free port, in its own process group, with the engine
+    environment the service gives its engine, logging to ``tests/artifacts/raw-vllm-<name>.log``."""
     port = free_port()
-    log = ARTIFACTS / f"raw-vllm-{name}.log"
-    command = [sys.executable, "-m", "vllm_bento.vllm_cli", "serve", *args,
-               "--port", str(port), "--host", "127.0.0.1"]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **engine_env(), **(env or {})},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    return Served(process=process, port=port, log=log)
+    return launch(raw_vllm_command(args, port), port, ARTIFACTS / f"raw-vllm-{name}.log",
+                  {**engine_env(), **(env or {})})
 
 
 @contextmanager

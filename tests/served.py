@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -29,6 +29,7 @@ class Served:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    started_at: float = field(default_factory=time.monotonic)  # just before the process started
 
     @property
     def url(self) -> str:
@@ -48,19 +49,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S, path: str = "/readyz") -> float:
-    """Seconds until ``path`` answers 200; raises if the server dies or never gets ready."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
+def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S, path: str = "/readyz",
+               poll_s: float = 1.0) -> float:
+    """Seconds from the server's start until ``path`` answers 200.
+
+    Raises:
+        RuntimeError: the server exited first.
+        TimeoutError: it was not ready ``timeout`` seconds after it started.
+    """
+    while time.monotonic() - served.started_at < timeout:
         if served.process.poll() is not None:
             code = served.process.returncode
             raise RuntimeError(f"server exited {code}; see {served.log}")
         try:
             if httpx.get(f"{served.url}{path}", timeout=5).status_code == 200:
-                return time.monotonic() - start
+                return time.monotonic() - served.started_at
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(poll_s)
     raise TimeoutError(f"not ready after {timeout:.0f} s; see {served.log}")
 
 
@@ -80,37 +86,45 @@ def own_bentoml_home(name: str) -> Path:
     return home
 
 
-def start(name: str, env: dict[str, str] | None = None, target: str = "service:VLLM",
-          cwd: Path = ROOT) -> Served:
-    """Start `bentoml serve` on a free port in its own process group, logging to artifacts."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = ARTIFACTS / f"server-{name}.log"
-    env = {**os.environ, **(env or {})}
-    env.setdefault("BENTOML_HOME", str(own_bentoml_home(name)))
+def serve_command(port: int, target: str = "service:VLLM") -> list[str]:
+    """``bentoml serve`` as a user types it, on ``port`` of the loopback interface."""
+    return [BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"]
+
+
+def launch(argv: list[str], port: int, log: Path, env: dict[str, str] | None = None,
+           cwd: Path = ROOT) -> Served:
+    """Start the server ``argv`` (listening on ``port``) in its own process group, so that
+    ``stop`` can end every process it starts; its output goes to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started_at = time.monotonic()
     process = subprocess.Popen(
-        [BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"],
-        cwd=cwd, env=env,
+        argv, cwd=cwd, env={**os.environ, **(env or {})},
         stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
-    return Served(process=process, port=port, log=log)
+    return Served(process=process, port=port, log=log, started_at=started_at)
+
+
+def start(name: str, env: dict[str, str] | None = None, target: str = "service:VLLM",
+          cwd: Path = ROOT) -> Served:
+    """Start `bentoml serve` on a free port, with a BentoML home of its own unless ``env``
+    names one, logging to ``tests/artifacts/server-<name>.log``."""
+    env = dict(env or {})
+    if "BENTOML_HOME" not in env and "BENTOML_HOME" not in os.environ:
+        env["BENTOML_HOME"] = str(own_bentoml_home(name))
+    port = free_port()
+    return launch(serve_command(port, target), port, ARTIFACTS / f"server-{name}.log", env, cwd)
 
 
 def stop(served: Served, timeout: float = 60.0) -> int | None:
     """SIGTERM, as a supervisor sends it; SIGKILL the whole group if it does not exit in time.
     Returns the exit code, or None when it had to be killed."""
-    return stop_process(served.process, timeout)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int | None:
-    """``stop`` for any server started in its own process group (the benchmark's too)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGTERM)
     try:
-        return process.wait(timeout)
+        return served.process.wait(timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        os.killpg(served.process.pid, signal.SIGKILL)
+        served.process.wait()
         return None
 
 

@@ -3,6 +3,7 @@ median and spread, runs to the issue's target ratios. No server: made-up timings
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -61,7 +62,7 @@ def test_over_repeats_takes_each_metric_median() -> None:
 def run(system: str, c: int, repeat: int, tok_s: float, ttft_ms: float = 100.0,
         tpot_ms: float = 50.0) -> dict[str, Any]:
     return {"system": system, "concurrency": c, "repeat": repeat,
-            "metrics": metrics(tok_s, ttft_ms, tpot_ms, c).as_dict(),
+            "metrics": asdict(metrics(tok_s, ttft_ms, tpot_ms, c)),
             "records": [{"ttft": ttft_ms / 1000}] * 3}
 
 

@@ -19,6 +19,8 @@ import json
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vllm_bento.gate import header
+
 
 def fix_error_detail_schema() -> None:
     from bentoml._internal.service.openapi.specification import Schema
@@ -95,8 +97,8 @@ class JsonOnlyApis:
 
 
 def _is_json(scope: Scope) -> bool:
-    for key, value in scope.get("headers", []):
-        if key == b"content-type":
-            media = value.split(b";")[0].strip().lower()
-            return media == b"application/json" or media.endswith(b"+json")
-    return True
+    content_type = header(scope, b"content-type")
+    if content_type is None:
+        return True
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")

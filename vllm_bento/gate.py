@@ -1,7 +1,6 @@
 """The gate in front of the model routes (``/v1/*``, ``/generate``, ``/tokenize``,
-``/detokenize``): API keys, the cap on
-requests in flight, refusal while the engine is down or the server is draining, the per-request
-time limit, and one log line per request.
+``/detokenize``): API keys, the cap on requests in flight, refusal while the engine is down or
+the server is draining, the per-request time limit, and one log line per request.
 
 Answers it gives, each in the OpenAI error shape:
 

@@ -201,6 +201,8 @@ def default_tensor_parallel(settings: Settings, hw: Hardware) -> int:
     ``CUDA_VISIBLE_DEVICES``; capped by what is visible, since vLLM cannot shard over GPUs it
     does not see. 1 on a CPU."""
     return min(settings.gpu_count, hw.gpu_count) if hw.has_gpu else 1
+
+
 def default_tool_parser(settings: Settings) -> str | None:
     """hermes for the packaged model, so tools work out of the box (vLLM 0.32 refuses every
     ``tool_choice`` but ``none`` without a parser); other models need the operator's choice,

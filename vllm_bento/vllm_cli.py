@@ -26,8 +26,13 @@ def _version(distribution_name: str) -> str:
     return _real_version(distribution_name)
 
 
-def main() -> None:
+def answer_vllm_version() -> None:
+    """Make ``importlib.metadata.version("vllm")`` answer as above; call before importing vLLM."""
     importlib.metadata.version = _version
+
+
+def main() -> None:
+    answer_vllm_version()
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.exit(vllm_main())
