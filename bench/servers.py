@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from tests.raw_vllm import raw_vllm_command
-from tests.served import ROOT, Served, free_port, launch, serve_command, stop
+from tests.served import ROOT, Served, free_port, launch, serve_command, stop, tree
 from tests.served import wait_ready as wait_served
 from vllm_bento.settings import EngineConfig
 from vllm_bento.vllm_entrypoints import cli_args, engine_env
@@ -52,15 +52,6 @@ def wait_ready(server: Served, path: str) -> float:
         TimeoutError: it was not ready within ``READY_TIMEOUT_S``.
     """
     return wait_served(server, READY_TIMEOUT_S, path, POLL_S)
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    """``pid`` and its descendants (the engine runs in child processes); empty once it is gone."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
 
 
 def tree_memory(pid: int) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import bentoml
 import openai
 import pytest
+from bentoml._internal.utils.args import set_arguments
 from playwright.sync_api import Browser
 
 from tests.browser import chromium
@@ -43,10 +44,15 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit tests see only the settings they set; the served instance has its own process."""
+def _clean_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Unit tests see only the settings they set, from either source: no ``LLM_*`` variables and
+    no BentoML build arguments (which BentoML keeps process-wide, so none is left to later
+    tests either). The served instance has its own process."""
     import os
 
     for name in list(os.environ):
         if name.startswith("LLM_"):
             monkeypatch.delenv(name)
+    set_arguments({})
+    yield
+    set_arguments({})

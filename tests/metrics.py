@@ -8,6 +8,8 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.served import tree
+
 
 def scrape(url: str, name: str, **labels: str) -> float | None:
     """The sum of a vLLM series on /metrics (matching ``labels``), None when absent."""
@@ -60,9 +62,8 @@ def seconds_until_idle(url: str, timeout: float = 20.0) -> float:
 
 def tree_rss_mib(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
-    root = psutil.Process(pid)
     total = 0
-    for p in [root, *root.children(recursive=True)]:
+    for p in tree(pid):
         try:
             total += p.memory_info().rss
         except psutil.NoSuchProcess:

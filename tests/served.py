@@ -36,11 +36,16 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
     def descendants(self) -> list[psutil.Process]:
-        try:
-            children: list[psutil.Process] = psutil.Process(self.process.pid).children(True)
-            return children
-        except psutil.NoSuchProcess:
-            return []
+        return tree(self.process.pid)[1:]
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants (the engine runs in child processes); empty once it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def free_port() -> int:

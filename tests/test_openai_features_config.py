@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from bentoml._internal.utils.args import set_arguments
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
@@ -21,11 +20,6 @@ from vllm_bento.vllm_entrypoints import cli_args, parse_args
 
 AVX2_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2"}))
 TEMPLATE = Path(__file__).parent / "data" / "pirate_chat_template.jinja"
-
-
-@pytest.fixture(autouse=True)
-def _no_build_args() -> None:
-    set_arguments({})
 
 
 def test_packaged_model_gets_the_hermes_parser() -> None:

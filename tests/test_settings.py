@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ AVX2_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "fma"}))
 BF16_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
 ONE_L4 = Hardware(gpu_count=1, cpu_flags=frozenset({"avx2"}))
 TWO_GPUS = Hardware(gpu_count=2, cpu_flags=frozenset({"avx2"}))
-
-
-@pytest.fixture(autouse=True)
-def _no_build_args() -> Iterator[None]:
-    set_arguments({})
-    yield
-    set_arguments({})  # BentoML keeps them process-wide: leave none to later tests
 
 
 def test_defaults_follow_bentoml_example() -> None:
