@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import bentoml
 import openai
@@ -15,6 +15,20 @@ from tests.served import Served, serving
 from vllm_bento.settings import PACKAGED_MODEL_ID
 
 MODEL = PACKAGED_MODEL_ID
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that talked to a server shows the end of that server's log: CI keeps only
+    what pytest prints, not tests/artifacts."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Served):
+                report.sections.append((f"server log: {name} ({value.log.name})",
+                                        value.log_tail()))
+    return report
 
 
 @pytest.fixture(scope="session")

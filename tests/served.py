@@ -38,6 +38,14 @@ class Served:
     def descendants(self) -> list[psutil.Process]:
         return tree(self.process.pid)[1:]
 
+    def log_tail(self, lines: int = 60) -> str:
+        """The last ``lines`` lines of the server's output."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return f"(no log at {self.log})"
+        return "\n".join(text.splitlines()[-lines:])
+
 
 def tree(pid: int) -> list[psutil.Process]:
     """``pid`` and its descendants (the engine runs in child processes); empty once it is gone."""
@@ -112,10 +120,10 @@ def launch(argv: list[str], port: int, log: Path, env: dict[str, str] | None = N
 def start(name: str, env: dict[str, str] | None = None, target: str = "service:VLLM",
           cwd: Path = ROOT) -> Served:
     """Start `bentoml serve` on a free port, with a BentoML home of its own unless ``env``
-    names one, logging to ``tests/artifacts/server-<name>.log``."""
+    names one (even when the environment sets ``BENTOML_HOME``: its model store is shared, its
+    Prometheus directory is not), logging to ``tests/artifacts/server-<name>.log``."""
     env = dict(env or {})
-    if "BENTOML_HOME" not in env and "BENTOML_HOME" not in os.environ:
-        env["BENTOML_HOME"] = str(own_bentoml_home(name))
+    env.setdefault("BENTOML_HOME", str(own_bentoml_home(name)))
     port = free_port()
     return launch(serve_command(port, target), port, ARTIFACTS / f"server-{name}.log", env, cwd)
 

@@ -10,7 +10,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from vllm_bento.errors import StreamCutOff
-from vllm_bento.gate import LOOPBACK_HEADER, Gate, GateState, token_counts
+from vllm_bento.gate import LOOPBACK_HEADER, Disconnectable, Gate, GateState, token_counts
 
 
 def scope(path: str, headers: dict[str, str] | None = None) -> Scope:
@@ -145,3 +145,19 @@ def test_timeout_tells_the_app_the_client_is_gone() -> None:
 
     call(Gate(listening, open_state(request_timeout_s=0.2)), scope("/v1/chat/completions"))
     assert seen == ["http.disconnect"]
+
+
+def test_a_receive_the_app_cancels_leaves_no_task_behind() -> None:
+    """Apps cancel their receive call when a stream ends; its helper tasks must go with it (a
+    pending task that is garbage-collected logs "Task was destroyed but it is pending!")."""
+
+    async def cancel_a_receive() -> set[asyncio.Task[Any]]:
+        call = asyncio.ensure_future(Disconnectable(receive)())
+        await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(0)
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    assert asyncio.run(cancel_a_receive()) == set()

@@ -192,11 +192,16 @@ class Disconnectable:
             return {"type": "http.disconnect"}
         received = asyncio.ensure_future(self._receive())
         gone = asyncio.ensure_future(self._gone.wait())
-        await asyncio.wait({received, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if received.done():
-            gone.cancel()
+        try:
+            await asyncio.wait({received, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the app cancels this call (at the end of a stream): a task left
+            # pending would be destroyed later with an error in the log.
+            for waiter in (received, gone):
+                if not waiter.done():
+                    waiter.cancel()
+        if received.done() and not received.cancelled():
             return received.result()
-        received.cancel()
         return {"type": "http.disconnect"}
 
 
