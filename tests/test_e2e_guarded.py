@@ -4,6 +4,7 @@ overload, time limits, client disconnects, and (last, as it stops the server) gr
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -208,11 +209,16 @@ def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
     short = results["short"]
     assert isinstance(short, openai.types.chat.ChatCompletion)
     assert short.choices[0].finish_reason == "length"  # finished, not aborted
-    # The long one was aborted at the end of the grace period, visibly: no normal finish.
+    # The long one was ended at the end of the grace period, visibly: an error event, no
+    # normal finish.
     events = results["long_events"]
     assert isinstance(events, list) and events
     assert not any('"finish_reason":"length"' in e or '"finish_reason": "length"' in e
                    for e in events), events[-3:]
+    assert events[-1] == "data: [DONE]", events[-3:]
+    error = json.loads(events[-2].removeprefix("data:"))["error"]
+    assert (error["code"], error["type"], error["message"]) == (
+        503, "service_unavailable", "The server is shutting down.")
     assert guarded.process.wait(60) == 0
     time.sleep(1)
     assert not [p for p in children if p.is_running() and p.status() != "zombie"]

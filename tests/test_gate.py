@@ -10,7 +10,15 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from vllm_bento.errors import StreamCutOff
-from vllm_bento.gate import LOOPBACK_HEADER, Disconnectable, Gate, GateState, token_counts
+from vllm_bento.gate import (
+    LOOPBACK_HEADER,
+    SHUTDOWN,
+    Admitted,
+    Disconnectable,
+    Gate,
+    GateState,
+    token_counts,
+)
 
 
 def scope(path: str, headers: dict[str, str] | None = None) -> Scope:
@@ -84,7 +92,7 @@ def test_accepts_any_configured_key_and_the_loopback_token() -> None:
 
 def test_over_the_cap_is_429_with_retry_after_and_loopback_takes_no_slot() -> None:
     state = open_state(max_in_flight=1)
-    state.in_flight = 1
+    state.admitted.add(Admitted(None))
     gate = Gate(app_streaming([b"ok"]), state)
     sent = call(gate, scope("/v1/chat/completions"))
     status, body = status_and_body(sent)
@@ -100,7 +108,7 @@ def test_in_flight_count_returns_to_zero_and_request_id_is_echoed() -> None:
     sent = call(Gate(app_streaming([b"a", b"b"]), state),
                 scope("/generate", {"X-Request-Id": "abc"}))
     assert (b"x-request-id", b"abc") in sent[0]["headers"]
-    assert state.in_flight == 0 and not state.tasks
+    assert state.in_flight == 0
 
 
 def test_timeout_before_the_response_is_504() -> None:
@@ -125,6 +133,33 @@ def test_timeout_of_a_generate_stream_cuts_it_off() -> None:
     gate = Gate(app_streaming([b"text"] * 50, delay=0.05), open_state(request_timeout_s=0.3))
     with pytest.raises(StreamCutOff):
         call(gate, scope("/generate"))
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_a_request_cut_short_at_shutdown_is_aborted_and_answered_503(
+        started: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="vllm_bento.access")
+    state = open_state()
+    seen: list[str] = []
+
+    async def cut_by_the_drain(scope: Scope, receive: Receive, send: Send) -> None:
+        if started:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+        for request in state.admitted:  # what vllm_bento.lifecycle.drain does
+            request.cut.set()
+        seen.append((await receive())["type"])
+
+    sent = call(Gate(cut_by_the_drain, state), scope("/v1/chat/completions"))
+    status, body = status_and_body(sent)
+    assert seen == ["http.disconnect"]  # vLLM aborts the engine request on this
+    if started:
+        frames = body.decode().strip().split("\n\n")
+        assert frames[-1] == "data: [DONE]" and '"type": "service_unavailable"' in frames[-2]
+    else:
+        assert status == 503 and json.loads(body)["error"]["message"] == SHUTDOWN
+        assert (b"retry-after", b"1") in sent[0]["headers"]
+    assert state.in_flight == 0 and "status=503" in caplog.text
 
 
 def test_token_counts_come_from_the_last_usage() -> None:

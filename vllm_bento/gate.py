@@ -8,9 +8,13 @@ Answers it gives, each in the OpenAI error shape:
 - 503 ``service_unavailable``: the engine is not serving (starting, dead) or the server is
   draining for shutdown; with ``Retry-After``;
 - 429 ``rate_limit_exceeded``: ``max_in_flight`` requests are already in flight; ``Retry-After``;
-- 504 ``timeout``: the request outran ``request_timeout_s`` before its response started. Once a
-  stream has started, an SSE stream gets a last ``data: {"error": ...}`` frame and
-  ``data: [DONE]``; a plain-text stream (``/generate``) is cut off without its final chunk.
+- 504 ``timeout``: the request outran ``request_timeout_s`` before its response started;
+- 503 ``service_unavailable`` also when a request is still running at the end of the shutdown
+  grace period (``vllm_bento.lifecycle.drain``).
+
+A request ended early (time limit, shutdown) is aborted in the engine. If its stream has already
+started, an SSE stream gets a last ``data: {"error": ...}`` frame and ``data: [DONE]``; a
+plain-text stream (``/generate``) is cut off without its final chunk.
 
 ``/generate`` calls ``/v1`` on the same server; those inner calls carry a per-process secret
 header, so they pass the key check and do not take a second slot.
@@ -38,7 +42,16 @@ logger = logging.getLogger("vllm_bento.access")
 LOOPBACK_HEADER = "x-vllm-bento-loopback"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
 _TAIL_BYTES = 4096  # usage sits at the end of a response (last SSE chunk or JSON body)
-ABORT_WAIT_S = 5.0  # how long a timed-out app gets to abort its engine request
+ABORT_WAIT_S = 5.0  # how long an app ended early gets to abort its engine request
+SHUTDOWN = "The server is shutting down."
+
+
+@dataclass(eq=False)
+class Admitted:
+    """A request in flight: its task, and the event that ends it early (at shutdown)."""
+
+    task: asyncio.Task[None] | None
+    cut: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -52,15 +65,18 @@ class GateState:
     loopback_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     refusal: str | None = "The model engine is starting."  # None while serving
     stopping: bool = False  # set once shutdown has begun: an engine exit is then expected
-    in_flight: int = 0
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # admitted, to abort on drain
+    admitted: set[Admitted] = field(default_factory=set)  # requests in flight
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.admitted)
 
     def open(self) -> None:
         self.refusal = None
 
     def stop(self) -> None:
         self.stopping = True
-        self.refusal = "The server is shutting down."
+        self.refusal = SHUTDOWN
 
     def refuse(self, reason: str) -> None:
         self.refusal = reason
@@ -147,34 +163,43 @@ class Gate:
         if loopback:  # the outer /generate request holds the slot and the time limit
             await self.app(exchange.scope, receive, exchange.send)
             return
-        task = asyncio.current_task()
-        self.state.in_flight += 1
-        if task is not None:
-            self.state.tasks.add(task)
+        request = Admitted(asyncio.current_task())
+        self.state.admitted.add(request)
         try:
-            await self._run_with_time_limit(exchange, receive)
+            await self._run_until_done_or_cut(exchange, receive, request.cut)
         finally:
-            if task is not None:
-                self.state.tasks.discard(task)
-            self.state.in_flight -= 1
+            self.state.admitted.discard(request)
 
-    async def _run_with_time_limit(self, exchange: Exchange, receive: Receive) -> None:
-        """Run the app; past the limit, tell it the client has gone (the one path on which vLLM
-        and BentoML reliably abort the engine request), then end the response ourselves."""
+    async def _run_until_done_or_cut(self, exchange: Exchange, receive: Receive,
+                                     cut: asyncio.Event) -> None:
+        """Run the app until it is done, its time limit passes or ``cut`` is set. Ended early,
+        it is told that the client has gone (the one path on which vLLM and BentoML reliably
+        abort the engine request), and the response is ended here."""
         channel = Disconnectable(receive)
         app = asyncio.ensure_future(self.app(exchange.scope, channel, exchange.send))
+        cut_short = asyncio.ensure_future(cut.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(app), self.state.request_timeout_s)
-            return
-        except TimeoutError:
-            exchange.muted = True
-            channel.disconnect()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(app, ABORT_WAIT_S)
+            await asyncio.wait({app, cut_short}, timeout=self.state.request_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             app.cancel()
             raise
-        await exchange.timed_out(self.state.request_timeout_s, receive)
+        finally:
+            cut_short.cancel()
+        if app.done():
+            app.result()  # the app's own exception, if it raised one
+            return
+        exchange.muted = True
+        channel.disconnect()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(app, ABORT_WAIT_S)
+        if cut.is_set():
+            retry = {"retry-after": str(self.state.retry_after_s)}
+            await exchange.ended_early(503, SHUTDOWN, "service_unavailable", retry, receive)
+        else:
+            message = ("The request did not finish within the time limit of "
+                       f"{self.state.request_timeout_s} s.")
+            await exchange.ended_early(504, message, "timeout", {}, receive)
 
 
 class Disconnectable:
@@ -245,18 +270,22 @@ class Exchange:
         response.headers.update(headers)
         await response(self.scope, receive, self.emit)
 
-    async def timed_out(self, limit: float | None, receive: Receive) -> None:
-        message = f"The request did not finish within the time limit of {limit} s."
+    async def ended_early(self, status: int, message: str, err_type: str,
+                          headers: dict[str, str], receive: Receive) -> None:
+        """End the response of a request the gate stopped: an error answer if none started,
+        an error frame on an OpenAI stream, a cut-off otherwise."""
         if self.status is None:
-            await self.send_error(504, message, "timeout", {}, receive)
+            await self.send_error(status, message, err_type, headers, receive)
         elif self.finished:
             return
         elif self.sse:
-            error = {"error": {"message": message, "type": "timeout", "param": None, "code": 504}}
+            error = {"error": {"message": message, "type": err_type, "param": None,
+                               "code": status}}
             frames = f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
             await self.emit({"type": "http.response.body", "body": frames, "more_body": False})
+            self.status = status  # for the log line: the stream began with 200
         else:
-            self.status = 504
+            self.status = status
             self.log(loopback=False)
             raise StreamCutOff(message)
 

@@ -1,8 +1,9 @@
 """What happens when the server is told to stop, and when the engine dies under it.
 
 Stop (SIGTERM): the gate refuses new requests with 503 at once; requests in flight run on for
-``shutdown_grace_s``; those still running are then cancelled (vLLM aborts their engine requests);
-then uvicorn's own shutdown runs the service's shutdown hook, which stops the engine.
+``shutdown_grace_s``; those still running are then ended by the gate (vLLM aborts their engine
+requests; clients get a 503, on a stream an error event); then uvicorn's own shutdown runs the
+service's shutdown hook, which stops the engine.
 
 Engine death: the gate refuses new requests with 503 and ``/readyz`` turns 503; requests in
 flight get vLLM's error; after a short pause the whole server exits non-zero, so the supervisor
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from vllm_bento.gate import GateState
+from vllm_bento.gate import ABORT_WAIT_S, GateState
 
 if TYPE_CHECKING:
     from vllm.engine.protocol import EngineClient
@@ -49,8 +50,11 @@ class EngineProcesses:
         self._procs: list[psutil.Process] = []
 
     def note(self, root: psutil.Process | None = None) -> None:
-        """Note the descendants of ``root`` (this process by default)."""
-        self._procs = (root or psutil.Process()).children(recursive=True)
+        """Note the descendants of ``root`` (this process by default), but for Python's
+        multiprocessing resource tracker: it ignores SIGTERM (reaping it cost 5 s per stop),
+        exits by itself once this process is gone, and cleans up what the engine leaked."""
+        self._procs = [p for p in (root or psutil.Process()).children(recursive=True)
+                       if not is_resource_tracker(p)]
         logger.info("Engine processes: %s", [(p.pid, p.name()) for p in self._procs])
 
     def kill(self) -> None:
@@ -62,12 +66,14 @@ class EngineProcesses:
 
     def reap(self, timeout_s: float = 5.0) -> None:
         """Terminate those still running (SIGKILL after ``timeout_s``)."""
-        alive = [p for p in self._procs if p.is_running()]  # is_running checks pid reuse
+        alive = [p for p in self._procs if running(p)]
         for p in alive:
             with contextlib.suppress(psutil.Error):
                 p.terminate()
-        _, still = psutil.wait_procs(alive, timeout=timeout_s)
-        for p in still:
+        deadline = time.monotonic() + timeout_s
+        while (alive := [p for p in alive if running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for p in alive:
             with contextlib.suppress(psutil.Error):
                 p.kill()
 
@@ -106,6 +112,22 @@ def exit_server(code: int) -> None:
     os._exit(code)
 
 
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie. (A worker orphaned by its EngineCore stays a zombie where the
+    container's init does not reap; psutil.wait_procs would wait its whole timeout for it.)"""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def is_resource_tracker(process: psutil.Process) -> bool:
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def is_bentoml_arbiter(process: psutil.Process) -> bool:
     try:
         cmdline = " ".join(process.cmdline())
@@ -132,19 +154,27 @@ def install_drain_on_sigterm(state: GateState, grace_s: float) -> None:
 
 
 async def drain(state: GateState, grace_s: float, then: Callable[[], object]) -> None:
-    """Refuse new requests, wait up to ``grace_s`` for those in flight, cancel the rest, then
-    call ``then`` (uvicorn's shutdown)."""
+    """Refuse new requests, wait up to ``grace_s`` for those in flight, end the rest early
+    (aborted in the engine, answered with a 503 error), then call ``then`` (uvicorn's
+    shutdown, which would otherwise wait for every open connection)."""
     if state.stopping:
         return  # a second SIGTERM while draining
     state.stop()
-    deadline = time.monotonic() + grace_s
     logger.info("Draining %d request(s) for up to %.0f s", state.in_flight, grace_s)
-    while state.in_flight and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    if state.tasks:
-        logger.warning("Aborting %d request(s) still running after the grace period",
-                       len(state.tasks))
-        for task in list(state.tasks):
-            task.cancel()
-        await asyncio.sleep(0.5)
+    await until_no_request(state, grace_s)
+    if state.admitted:
+        logger.warning("Ending %d request(s) still running after the grace period",
+                       len(state.admitted))
+        for request in list(state.admitted):
+            request.cut.set()
+        await until_no_request(state, ABORT_WAIT_S + 1)
+        for request in list(state.admitted):  # an app that ignored the disconnect
+            if request.task is not None:
+                request.task.cancel()
     then()
+
+
+async def until_no_request(state: GateState, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while state.admitted and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
