@@ -39,6 +39,7 @@ logging.getLogger("vllm_bento").setLevel(logging.INFO)
 logging.getLogger(__name__).setLevel(logging.INFO)
 
 bentoml_compat.fix_error_detail_schema()
+bentoml_compat.log_client_errors_as_warnings()
 SETTINGS = load_settings()
 MAX_TOKENS = SETTINGS.max_tokens
 

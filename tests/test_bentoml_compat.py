@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
+import pytest
+from bentoml.exceptions import BadInput, ServiceUnavailable
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from vllm_bento.bentoml_compat import JsonOnlyApis, UnwrapErrorList, fix_error_detail_schema
+from vllm_bento.bentoml_compat import (
+    BENTOML_API_LOGGER,
+    ClientErrorsAsWarnings,
+    JsonOnlyApis,
+    UnwrapErrorList,
+    fix_error_detail_schema,
+)
 
 
 def run(app: object) -> tuple[int, bytes]:
@@ -65,3 +75,46 @@ def test_generate_refuses_non_json_bodies_with_415() -> None:
         == 415
     assert client.post("/generate", json={}).status_code == 200
     assert client.post("/generate", content=b"{}").status_code == 200
+
+
+class Input(BaseModel):
+    max_tokens: int
+
+
+def logged(exc: BaseException, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    """What BentoML's API wrapper logs for ``exc``, through the filter."""
+    logger = logging.getLogger(BENTOML_API_LOGGER)
+    only = ClientErrorsAsWarnings()
+    logger.addFilter(only)
+    try:
+        try:
+            raise exc
+        except BaseException:  # logged as BentoML does
+            logger.exception("Exception on %s [%s]", "/generate", "POST")
+    finally:
+        logger.removeFilter(only)
+    (record,) = caplog.records
+    return record
+
+
+def test_a_client_validation_error_is_one_warning_line(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValidationError) as invalid:
+        Input.model_validate_json(b'{"max_tokens": "many"}')
+    record = logged(invalid.value, caplog)
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage().startswith("Client error on /generate [POST]: max_tokens: ")
+    assert "\n" not in caplog.text.strip()
+
+
+def test_a_4xx_bentoml_error_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    record = logged(BadInput("prompt too long"), caplog)
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == "Client error on /generate [POST]: 400 prompt too long"
+
+
+@pytest.mark.parametrize("exc", [ServiceUnavailable("engine gone"), RuntimeError("bug")])
+def test_server_errors_keep_their_traceback(exc: Exception,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    record = logged(exc, caplog)
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert "Traceback" in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -19,6 +21,18 @@ def test_generate_max_tokens_out_of_range(server: Served, value: int, bound: str
     assert r.status_code == 400
     (detail,) = r.json()["detail"]
     assert detail["loc"] == ["max_tokens"] and bound in detail["msg"]
+
+
+def test_invalid_input_is_logged_as_one_warning_line(server: Served) -> None:
+    offset = server.log.stat().st_size
+    r = httpx.post(f"{server.url}/generate", json={"max_tokens": "many"}, timeout=60)
+    assert r.status_code == 400
+    deadline, logged = time.monotonic() + 10, ""
+    while "Client error" not in logged and time.monotonic() < deadline:
+        time.sleep(0.2)
+        logged = server.log.read_bytes()[offset:].decode(errors="replace")
+    assert "[WARNING]" in logged and "Client error on /generate [POST]: max_tokens:" in logged
+    assert "Traceback" not in logged and "Exception on" not in logged
 
 
 def assert_openai_error(r: httpx.Response, status: int, param: str | None = None) -> None:

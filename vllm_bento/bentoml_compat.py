@@ -10,12 +10,18 @@
 - A ``multipart/form-data`` request without a boundary makes BentoML answer 500 (found by
   schemathesis). ``/generate`` takes JSON only, so ``JsonOnlyApis`` answers any other declared
   content type with 415 before BentoML parses the body.
+- BentoML logs every exception of an API at ERROR with its traceback, a client's invalid input
+  (400) included, so one bad client floods the log and trips alerts. ``ClientErrorsAsWarnings``
+  makes those one WARNING line naming what was wrong; server errors keep their traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,3 +108,33 @@ def _is_json(scope: Scope) -> bool:
         return True
     media = content_type.split(";")[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
+
+
+BENTOML_API_LOGGER = "bentoml._internal.server.http_app"  # logs "Exception on <path> [<method>]"
+
+
+class ClientErrorsAsWarnings(logging.Filter):
+    """Turns BentoML's ERROR-with-traceback for a client's error into one WARNING line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        summary = client_error_summary(exc)
+        if summary is not None and isinstance(record.args, tuple) and len(record.args) == 2:
+            path, method = record.args
+            record.msg, record.args = "Client error on %s [%s]: %s", (path, method, summary)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def client_error_summary(exc: BaseException | None) -> str | None:
+    """One line saying what the client got wrong, or None for anything else."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, BentoMLException) and exc.error_code < 500:
+        return f"{exc.error_code.value} {exc}"
+    return None
+
+
+def log_client_errors_as_warnings() -> None:
+    logging.getLogger(BENTOML_API_LOGGER).addFilter(ClientErrorsAsWarnings())
