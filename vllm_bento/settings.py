@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool = Field(True, description="Reuse KV cache across shared prefixes.")
     enforce_eager: bool | None = Field(
         None, description="Skip torch.compile and CUDA graphs. Unset: eager on CPU (starts in "
-        "~45 s instead of 3-4 min), compiled on GPU.",
+        "~26 s instead of ~100 s, for ~20% less decode throughput), compiled on GPU.",
     )
     cpu_kv_cache_gib: int = Field(2, ge=1, description="KV cache size on CPU, in GiB.")
     gpu_memory_utilization: float = Field(
@@ -191,8 +191,9 @@ def default_dtype(hw: Hardware) -> str:
 
 
 def default_eager(hw: Hardware) -> bool:
-    """Eager on CPU: compiling takes 3-4 min to start for ~6% more throughput (measured on
-    2 cores). Compiled on GPU, where CUDA graphs pay for the longer start many times over."""
+    """Eager on CPU: compiled starts in ~100 s instead of ~26 s for 17-21% more decode
+    throughput (measured on 2 cores, docs/benchmarks.md). Compiled on GPU, where CUDA graphs
+    pay for the longer start many times over."""
     return not hw.has_gpu
 
 
