@@ -113,8 +113,8 @@ def exit_server(code: int) -> None:
 
 
 def running(process: psutil.Process) -> bool:
-    """Alive and not a zombie. (A worker orphaned by its EngineCore stays a zombie where the
-    container's init does not reap; psutil.wait_procs would wait its whole timeout for it.)"""
+    """Alive and not a zombie: a zombie has exited, only its parent has not collected it yet
+    (psutil.wait_procs would wait out its whole timeout for one that is not our child)."""
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
