@@ -23,7 +23,7 @@ from typing import Annotated
 import bentoml
 from annotated_types import Ge, Le
 
-from vllm_bento import bento_spec, bentoml_compat, hardware, lifecycle
+from vllm_bento import bento_spec, bentoml_compat, errors, hardware, lifecycle
 from vllm_bento.chat_page import chat_app
 from vllm_bento.gate import STATE as GATE
 from vllm_bento.gate import Gate
@@ -40,6 +40,8 @@ logging.getLogger(__name__).setLevel(logging.INFO)
 
 bentoml_compat.fix_error_detail_schema()
 bentoml_compat.log_client_errors_as_warnings()
+errors.log_cut_offs_as_warnings()
+bentoml_compat.log_uvicorn_errors_once()
 SETTINGS = load_settings()
 MAX_TOKENS = SETTINGS.max_tokens
 

@@ -15,11 +15,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from vllm_bento.bentoml_compat import (
     BENTOML_API_LOGGER,
-    ClientErrorsAsWarnings,
     JsonOnlyApis,
     UnwrapErrorList,
+    describe_client_error,
     fix_error_detail_schema,
+    log_uvicorn_errors_once,
 )
+from vllm_bento.errors import AsOneWarning, StreamCutOff, describe_cut_off
 
 
 def run(app: object) -> tuple[int, bytes]:
@@ -84,7 +86,7 @@ class Input(BaseModel):
 def logged(exc: BaseException, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
     """What BentoML's API wrapper logs for ``exc``, through the filter."""
     logger = logging.getLogger(BENTOML_API_LOGGER)
-    only = ClientErrorsAsWarnings()
+    only = AsOneWarning(describe_client_error)
     logger.addFilter(only)
     try:
         try:
@@ -118,3 +120,34 @@ def test_server_errors_keep_their_traceback(exc: Exception,
     record = logged(exc, caplog)
     assert record.levelno == logging.ERROR and record.exc_info is not None
     assert "Traceback" in caplog.text
+
+
+def test_uvicorn_logs_a_deliberate_cut_off_as_one_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("uvicorn.error")
+    only = AsOneWarning(describe_cut_off)
+    logger.addFilter(only)
+    try:
+        for exc in (StreamCutOff("time limit of 20 s"), RuntimeError("bug")):
+            try:
+                raise exc
+            except BaseException as caught:  # logged as uvicorn does
+                logger.error("Exception in ASGI application\n", exc_info=caught)  # noqa: G201
+    finally:
+        logger.removeFilter(only)
+    cut, bug = caplog.records
+    assert (cut.levelno, cut.exc_info) == (logging.WARNING, None)
+    assert cut.getMessage() == "Stream cut off without its final chunk: time limit of 20 s"
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None
+
+
+def test_uvicorn_errors_stop_propagating_only_once_they_have_a_handler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    logger = logging.getLogger("uvicorn.error")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+    log_uvicorn_errors_once()
+    assert logger.propagate  # no handler of its own: the root's is all it has
+    monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
+    log_uvicorn_errors_once()
+    assert not logger.propagate

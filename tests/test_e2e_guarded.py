@@ -147,6 +147,22 @@ def test_stream_over_time_limit_ends_with_error_frame(guarded: served.Served) ->
     assert seconds_until_generation_stops(guarded.url) < 1.5  # aborted in the engine too
 
 
+def test_generate_over_time_limit_is_cut_off(guarded: served.Served) -> None:
+    """A started plain-text stream cannot change its status: it ends without its final chunk,
+    which the user's client reports as an error; the engine request is aborted."""
+    start = time.monotonic()
+    received: list[str] = []
+    with bentoml.SyncHTTPClient(guarded.url, token=KEY, timeout=120) as c:
+        with pytest.raises(httpx.RemoteProtocolError):  # a greedy story runs past 20 s here
+            received.extend(c.generate(prompt=LONG_STORY[0]["content"], max_tokens=1024))
+    assert TIME_LIMIT_S - 1 < time.monotonic() - start < TIME_LIMIT_S + 10
+    assert seconds_until_generation_stops(guarded.url) < 1.5
+    log = guarded.log.read_text()
+    assert "path=/generate status=504" in log
+    assert log.count("Stream cut off without its final chunk") == 1  # one line, no traceback
+    assert "Exception in ASGI application" not in log
+
+
 @pytest.mark.parametrize("route", ["chat", "generate"])
 def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str) -> None:
     if route == "chat":

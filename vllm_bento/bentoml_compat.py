@@ -11,8 +11,11 @@
   schemathesis). ``/generate`` takes JSON only, so ``JsonOnlyApis`` answers any other declared
   content type with 415 before BentoML parses the body.
 - BentoML logs every exception of an API at ERROR with its traceback, a client's invalid input
-  (400) included, so one bad client floods the log and trips alerts. ``ClientErrorsAsWarnings``
-  makes those one WARNING line naming what was wrong; server errors keep their traceback.
+  (400) included, so one bad client floods the log and trips alerts. Those become one WARNING
+  line naming what was wrong (``describe_client_error``); server errors keep their traceback.
+- BentoML's server logging config gives ``uvicorn.error`` the same handler as the root logger
+  and lets it propagate there, so each of its lines is printed twice. ``log_uvicorn_errors_once``
+  stops the propagation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vllm_bento.errors import AsOneWarning
 from vllm_bento.gate import header
 
 
@@ -113,18 +117,13 @@ def _is_json(scope: Scope) -> bool:
 BENTOML_API_LOGGER = "bentoml._internal.server.http_app"  # logs "Exception on <path> [<method>]"
 
 
-class ClientErrorsAsWarnings(logging.Filter):
-    """Turns BentoML's ERROR-with-traceback for a client's error into one WARNING line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        summary = client_error_summary(exc)
-        if summary is not None and isinstance(record.args, tuple) and len(record.args) == 2:
-            path, method = record.args
-            record.msg, record.args = "Client error on %s [%s]: %s", (path, method, summary)
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info, record.exc_text = None, None
-        return True
+def describe_client_error(record: logging.LogRecord, exc: BaseException) -> str | None:
+    """BentoML's "Exception on <path> [<method>]" for a client's error, as one line."""
+    summary = client_error_summary(exc)
+    if summary is None or not (isinstance(record.args, tuple) and len(record.args) == 2):
+        return None
+    path, method = record.args
+    return f"Client error on {path} [{method}]: {summary}"
 
 
 def client_error_summary(exc: BaseException | None) -> str | None:
@@ -137,4 +136,10 @@ def client_error_summary(exc: BaseException | None) -> str | None:
 
 
 def log_client_errors_as_warnings() -> None:
-    logging.getLogger(BENTOML_API_LOGGER).addFilter(ClientErrorsAsWarnings())
+    logging.getLogger(BENTOML_API_LOGGER).addFilter(AsOneWarning(describe_client_error))
+
+
+def log_uvicorn_errors_once() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if logger.handlers:  # BentoML's config is in place (never leave the logger without one)
+        logger.propagate = False

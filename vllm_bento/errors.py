@@ -12,6 +12,9 @@ errors already have it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from starlette.responses import JSONResponse
 
 
@@ -31,3 +34,36 @@ class StreamCutOff(BaseException):
     the response cleanly; this passes through to uvicorn, which closes the connection.
     """
 
+
+
+
+class AsOneWarning(logging.Filter):
+    """Rewrites a log record carrying an exception that ``describe`` recognises into one WARNING
+    line without traceback (``describe`` returns the line, or None to leave the record as is).
+    For libraries that log expected failures at ERROR with a traceback."""
+
+    def __init__(self, describe: Callable[[logging.LogRecord, BaseException], str | None]) -> None:
+        super().__init__()
+        self.describe = describe
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        line = self.describe(record, exc) if exc is not None else None
+        if line is not None:
+            record.msg, record.args = "%s", (line,)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def describe_cut_off(record: logging.LogRecord, exc: BaseException) -> str | None:
+    """uvicorn logs the ``StreamCutOff`` that closes a cut-off stream as "Exception in ASGI
+    application" with a traceback; the cut-off is deliberate and its cause is logged already
+    (the gate's request line, the loopback's error)."""
+    if isinstance(exc, StreamCutOff):
+        return f"Stream cut off without its final chunk: {exc}"
+    return None
+
+
+def log_cut_offs_as_warnings() -> None:
+    logging.getLogger("uvicorn.error").addFilter(AsOneWarning(describe_cut_off))
