@@ -46,7 +46,6 @@ class RunMetrics:
     mean_prompt_tokens: float
 
 
-
 # The metrics reported as median and spread over the repeats of one level.
 REPEATED = ("output_tok_s", "req_s", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "e2e_p50_ms")
 
@@ -97,7 +96,6 @@ class Spread:
     median: float
     low: float
     high: float
-
 
 
 def spread(values: Sequence[float]) -> Spread:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 from bentoml.exceptions import BadInput, ServiceUnavailable
@@ -83,19 +84,26 @@ class Input(BaseModel):
     max_tokens: int
 
 
-def logged(exc: BaseException, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
-    """What BentoML's API wrapper logs for ``exc``, through the filter."""
-    logger = logging.getLogger(BENTOML_API_LOGGER)
-    only = AsOneWarning(describe_client_error)
+def logged(exc: BaseException, caplog: pytest.LogCaptureFixture,
+           logger_name: str = BENTOML_API_LOGGER,
+           describe: Callable[[logging.LogRecord, BaseException], str | None]
+           = describe_client_error,
+           message: tuple[str, ...] = ("Exception on %s [%s]", "/generate", "POST"),
+           ) -> logging.LogRecord:
+    """What a library logging ``exc`` with ``message`` (by default BentoML's API wrapper) ends up
+    logging through ``AsOneWarning(describe)``."""
+    logger = logging.getLogger(logger_name)
+    only = AsOneWarning(describe)
     logger.addFilter(only)
+    before = len(caplog.records)
     try:
         try:
             raise exc
-        except BaseException:  # logged as BentoML does
-            logger.exception("Exception on %s [%s]", "/generate", "POST")
+        except BaseException:  # logged as the library does
+            logger.exception(*message)
     finally:
         logger.removeFilter(only)
-    (record,) = caplog.records
+    (record,) = caplog.records[before:]
     return record
 
 
@@ -124,18 +132,9 @@ def test_server_errors_keep_their_traceback(exc: Exception,
 
 def test_uvicorn_logs_a_deliberate_cut_off_as_one_warning(
         caplog: pytest.LogCaptureFixture) -> None:
-    logger = logging.getLogger("uvicorn.error")
-    only = AsOneWarning(describe_cut_off)
-    logger.addFilter(only)
-    try:
-        for exc in (StreamCutOff("time limit of 20 s"), RuntimeError("bug")):
-            try:
-                raise exc
-            except BaseException as caught:  # logged as uvicorn does
-                logger.error("Exception in ASGI application\n", exc_info=caught)  # noqa: G201
-    finally:
-        logger.removeFilter(only)
-    cut, bug = caplog.records
+    cut, bug = (logged(exc, caplog, "uvicorn.error", describe_cut_off,
+                       ("Exception in ASGI application\n",))
+                for exc in (StreamCutOff("time limit of 20 s"), RuntimeError("bug")))
     assert (cut.levelno, cut.exc_info) == (logging.WARNING, None)
     assert cut.getMessage() == "Stream cut off without its final chunk: time limit of 20 s"
     assert bug.levelno == logging.ERROR and bug.exc_info is not None

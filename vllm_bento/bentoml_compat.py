@@ -118,21 +118,18 @@ BENTOML_API_LOGGER = "bentoml._internal.server.http_app"  # logs "Exception on <
 
 
 def describe_client_error(record: logging.LogRecord, exc: BaseException) -> str | None:
-    """BentoML's "Exception on <path> [<method>]" for a client's error, as one line."""
-    summary = client_error_summary(exc)
-    if summary is None or not (isinstance(record.args, tuple) and len(record.args) == 2):
+    """BentoML's "Exception on <path> [<method>]" for a client's error, as one line saying what
+    the client got wrong; None for anything else."""
+    if isinstance(exc, ValidationError):
+        what = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    elif isinstance(exc, BentoMLException) and exc.error_code < 500:
+        what = f"{exc.error_code.value} {exc}"
+    else:
+        return None
+    if not (isinstance(record.args, tuple) and len(record.args) == 2):
         return None
     path, method = record.args
-    return f"Client error on {path} [{method}]: {summary}"
-
-
-def client_error_summary(exc: BaseException | None) -> str | None:
-    """One line saying what the client got wrong, or None for anything else."""
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-    if isinstance(exc, BentoMLException) and exc.error_code < 500:
-        return f"{exc.error_code.value} {exc}"
-    return None
+    return f"Client error on {path} [{method}]: {what}"
 
 
 def log_client_errors_as_warnings() -> None:

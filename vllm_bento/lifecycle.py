@@ -121,19 +121,21 @@ def running(process: psutil.Process) -> bool:
         return False
 
 
-def is_resource_tracker(process: psutil.Process) -> bool:
+def command_line(process: psutil.Process) -> str | None:
+    """``process``'s command line, or None once it is gone or out of reach."""
     try:
-        return "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+        return " ".join(process.cmdline())
     except psutil.Error:
-        return False
+        return None
+
+
+def is_resource_tracker(process: psutil.Process) -> bool:
+    return "multiprocessing.resource_tracker" in (command_line(process) or "")
 
 
 def is_bentoml_arbiter(process: psutil.Process) -> bool:
-    try:
-        cmdline = " ".join(process.cmdline())
-    except psutil.Error:
-        return False
-    return "circus" in process.name() or "bentoml" in cmdline
+    cmdline = command_line(process)
+    return cmdline is not None and ("circus" in process.name() or "bentoml" in cmdline)
 
 
 def install_drain_on_sigterm(state: GateState, grace_s: float) -> None:
