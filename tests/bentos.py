@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.served import BENTOML, ROOT
+from tests.served import ROOT
 
 BENTO_NAME = "vllm-llm"
 COMMAND_TIMEOUT_S = 600  # a build locks the requirements against PyPI: slow on a busy machine
@@ -33,7 +34,7 @@ def run_bentoml(command: str, env: dict[str, str],
     """Run a README `bentoml ...` command as written, in bash, with this venv's bentoml first
     on the PATH."""
     assert shlex.split(command)[0] == "bentoml", command
-    path = f"{Path(BENTOML).parent}{os.pathsep}{env.get('PATH', '')}"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(["bash", "-c", command], cwd=cwd, env={**env, "PATH": path},
                           capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
 

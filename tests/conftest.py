@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING
 
 import bentoml
 import openai
 import pytest
 from bentoml._internal.utils.args import set_arguments
-from playwright.sync_api import Browser
 
-from tests.browser import chromium
 from tests.served import Served, serving
 from vllm_bento.settings import PACKAGED_MODEL_ID
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 MODEL = PACKAGED_MODEL_ID
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs visible here (0 without nvidia-smi)."""
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True)
+    return len(out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu(n)`` tests are skipped on a machine with fewer than n GPUs (CI runs on a CPU)."""
+    have = gpu_count()
+    for item in items:
+        if (marker := item.get_closest_marker("gpu")) is not None:
+            need = marker.args[0] if marker.args else 1
+            if have < need:
+                item.add_marker(pytest.mark.skip(reason=f"needs {need} GPU(s), {have} here"))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -53,6 +76,8 @@ def bento_client(server: Served) -> Iterator[bentoml.SyncHTTPClient]:
 def browser() -> Iterator[Browser]:
     """Headless Chromium for the chat page tests. One per module, not per session: Playwright's
     sync API keeps an event loop running in this thread, and later tests call asyncio.run()."""
+    from tests.browser import chromium  # Playwright: not installed on a GPU host
+
     with chromium() as launched:
         yield launched
 

@@ -18,7 +18,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
+# `python -m bentoml`, not the `bentoml` script beside it: a GPU host's Python may keep its
+# packages (and their scripts) elsewhere (../shared/gpu/README.md).
+BENTOML = [sys.executable, "-m", "bentoml"]
 READY_TIMEOUT_S = 600.0  # eager start is ~45 s; leave room for a slow, shared machine
 
 
@@ -101,7 +103,7 @@ def own_bentoml_home(name: str) -> Path:
 
 def serve_command(port: int, target: str = "service:VLLM") -> list[str]:
     """``bentoml serve`` as a user types it, on ``port`` of the loopback interface."""
-    return [BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"]
+    return [*BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"]
 
 
 def launch(argv: list[str], port: int, log: Path, env: dict[str, str] | None = None,

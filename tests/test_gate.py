@@ -9,16 +9,9 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from vllm_bento.admission import SHUTDOWN, Admission, Admitted
 from vllm_bento.errors import StreamCutOff
-from vllm_bento.gate import (
-    LOOPBACK_HEADER,
-    SHUTDOWN,
-    Admitted,
-    Disconnectable,
-    Gate,
-    GateState,
-    token_counts,
-)
+from vllm_bento.gate import LOOPBACK_HEADER, Disconnectable, Gate, token_counts
 
 
 def scope(path: str, headers: dict[str, str] | None = None) -> Scope:
@@ -58,16 +51,24 @@ def status_and_body(sent: list[Message]) -> tuple[int, bytes]:
     return start["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def open_state(**kw: Any) -> GateState:
-    state = GateState(**kw)
+def open_state(**kw: Any) -> Admission:
+    state = Admission(**kw)
     state.open()
     return state
 
 
-def test_passes_other_routes_untouched_even_when_refusing() -> None:
-    gate = Gate(app_streaming([b"ok"]), GateState())  # starting: model routes refused
-    assert status_and_body(call(gate, scope("/livez")))[0] == 200
-    status, body = status_and_body(call(gate, scope("/v1/models")))
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/", "/docs.json", "/chat",
+                                  "/chat/app.js", "/static_content/swagger-ui.css"])
+def test_passes_open_routes_untouched_even_when_refusing(path: str) -> None:
+    gate = Gate(app_streaming([b"ok"]), Admission())  # starting: gated routes refused
+    assert status_and_body(call(gate, scope(path)))[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/generate", "/tokenize", "/detokenize",
+                                  "/a-route-added-later", "/chatty", "/readyz/x"])
+def test_every_route_not_named_open_is_gated(path: str) -> None:
+    gate = Gate(app_streaming([b"ok"]), Admission())  # starting: gated routes refused
+    status, body = status_and_body(call(gate, scope(path)))
     assert status == 503 and json.loads(body)["error"]["type"] == "service_unavailable"
 
 
@@ -101,6 +102,28 @@ def test_over_the_cap_is_429_with_retry_after_and_loopback_takes_no_slot() -> No
     loop = {LOOPBACK_HEADER: state.loopback_token}
     assert status_and_body(call(gate, scope("/v1/chat/completions", loop)))[0] == 200
     assert state.in_flight == 1
+
+
+def test_the_slot_is_free_before_the_last_byte_is_sent() -> None:
+    """A closed-loop client sends its next request the moment it has the last byte: by then
+    the slot must be free, or a client holding exactly the cap is refused."""
+    state = open_state(max_in_flight=1)
+    in_flight_at_send: list[tuple[bool, int]] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            in_flight_at_send.append((message.get("more_body", False), state.in_flight))
+
+    gate = Gate(app_streaming([b"a", b"b"]), state)
+    asyncio.run(gate(scope("/v1/chat/completions"), receive, send))
+    assert in_flight_at_send == [(True, 1), (True, 1), (False, 0)]
+
+
+def test_no_cap_until_the_engine_sets_one() -> None:
+    state = open_state()  # LLM_MAX_IN_FLIGHT unset, engine not up yet: no cap to enforce
+    for _ in range(3):
+        state.admit(None)
+    assert status_and_body(call(Gate(app_streaming([b"ok"]), state), scope("/v1/x")))[0] == 200
 
 
 def test_in_flight_count_returns_to_zero_and_request_id_is_echoed() -> None:
@@ -146,7 +169,7 @@ def test_a_request_cut_short_at_shutdown_is_aborted_and_answered_503(
         if started:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream")]})
-        for request in state.admitted:  # what vllm_bento.lifecycle.drain does
+        for request in state.admitted:  # what Admission.drain does
             request.cut.set()
         seen.append((await receive())["type"])
 

@@ -11,9 +11,9 @@ from typing import Any
 import psutil
 import pytest
 
-from vllm_bento import lifecycle
-from vllm_bento.gate import Admitted, GateState
-from vllm_bento.lifecycle import EngineProcesses, drain
+from vllm_bento import admission
+from vllm_bento.admission import Admission, Admitted, default_max_in_flight
+from vllm_bento.lifecycle import EngineProcesses, drain, running
 
 
 def test_reap_ends_noted_processes_even_once_orphaned() -> None:
@@ -44,7 +44,7 @@ def test_reap_leaves_the_multiprocessing_resource_tracker_alone() -> None:
         start = time.monotonic()
         procs.reap(timeout_s=5)
         assert time.monotonic() - start < 2
-        assert tracker.is_running() and not sleeper.is_running()
+        assert tracker.is_running() and not running(sleeper)  # a zombie has exited
     finally:
         for p in psutil.Process(shell.pid).children():
             p.kill()
@@ -53,7 +53,7 @@ def test_reap_leaves_the_multiprocessing_resource_tracker_alone() -> None:
 
 
 def drain_with(request_task: Callable[[Admitted], Coroutine[Any, Any, None]],
-               state: GateState, grace_s: float) -> tuple[float, bool]:
+               state: Admission, grace_s: float) -> tuple[float, bool]:
     """Drain ``state`` with one request in flight running ``request_task``; returns when the
     drain handed over to uvicorn, in seconds, and whether the request had to be cancelled."""
 
@@ -71,7 +71,7 @@ def drain_with(request_task: Callable[[Admitted], Coroutine[Any, Any, None]],
 
 
 def test_drain_refuses_new_requests_waits_then_ends_the_rest_early() -> None:
-    state = GateState()
+    state = Admission()
     state.open()
 
     async def ends_when_cut(request: Admitted) -> None:  # as the gate's requests do
@@ -85,8 +85,8 @@ def test_drain_refuses_new_requests_waits_then_ends_the_rest_early() -> None:
 
 def test_drain_cancels_a_request_that_does_not_end_when_cut(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lifecycle, "ABORT_WAIT_S", 0.2)
-    state = GateState()
+    monkeypatch.setattr(admission, "ABORT_WAIT_S", 0.2)
+    state = Admission()
     state.open()
 
     async def deaf(request: Admitted) -> None:
@@ -94,3 +94,8 @@ def test_drain_cancels_a_request_that_does_not_end_when_cut(
 
     handed_over_s, cancelled = drain_with(deaf, state, grace_s=0.3)
     assert 0.3 + 1.2 <= handed_over_s < 3.0 and cancelled
+
+
+def test_default_cap_lets_a_full_batch_wait_behind_the_running_one() -> None:
+    # vLLM's defaults: 256 sequences on most GPUs, 1024 on H100/H200-class ones.
+    assert default_max_in_flight(256) == 512 and default_max_in_flight(1024) == 2048

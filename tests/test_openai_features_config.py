@@ -11,6 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
+from tests.fakes import FakeRuntime
 from tests.test_vllm_surface import CPU_CFG
 from vllm_bento.hardware import Hardware
 from vllm_bento.openai_mount import OpenAIMount
@@ -78,8 +79,7 @@ class EchoApp:
 
 
 def test_root_routes_forward_tokenize_and_detokenize_only() -> None:
-    forwarder = OpenAIMount()
-    forwarder.target = EchoApp()  # type: ignore[assignment]
+    forwarder = OpenAIMount(FakeRuntime(EchoApp()))
     with TestClient(root_routes(forwarder)) as client:
         for path in ("/tokenize", "/detokenize"):
             assert client.post(path, json={}).json() == {"path": path, "root_path": ""}
@@ -87,7 +87,7 @@ def test_root_routes_forward_tokenize_and_detokenize_only() -> None:
 
 
 def test_root_routes_answer_503_in_openai_shape_before_the_engine() -> None:
-    with TestClient(root_routes(OpenAIMount())) as client:
+    with TestClient(root_routes(OpenAIMount(FakeRuntime()))) as client:
         response = client.post("/tokenize", json={})
     assert response.status_code == 503
     assert response.json()["error"]["message"]

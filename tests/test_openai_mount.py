@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
+from tests.fakes import FakeRuntime
 from vllm_bento.openai_mount import OpenAIMount
 
 
@@ -20,20 +21,20 @@ def client(forwarder: OpenAIMount) -> TestClient:
 
 
 def test_503_in_openai_shape_before_the_engine_is_up() -> None:
-    r = client(OpenAIMount()).get("/v1/models")
+    r = client(OpenAIMount(FakeRuntime())).get("/v1/models")
     assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
 
 
 def test_body_and_full_path_reach_vllms_app() -> None:
-    forwarder = OpenAIMount()
-    forwarder.target = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])  # type: ignore[assignment]
+    vllm_app = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])
+    forwarder = OpenAIMount(FakeRuntime(vllm_app))
     r = client(forwarder).post("/v1/chat/completions", content=b'{"a": "\xc3\xa9"}')
     assert r.json() == {"path": "/v1/chat/completions", "body": '{"a": "é"}'}
 
 
 def test_undecodable_body_is_a_400_in_openai_shape() -> None:
-    forwarder = OpenAIMount()
-    forwarder.target = Starlette(routes=[Route("/v1/completions", echo, methods=["POST"])])  # type: ignore[assignment]
+    vllm_app = Starlette(routes=[Route("/v1/completions", echo, methods=["POST"])])
+    forwarder = OpenAIMount(FakeRuntime(vllm_app))
     r = client(forwarder).post("/v1/completions", content=b"\x10\x36\x1e\r\xff\xfe")
     assert r.status_code == 400
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from vllm_bento.gate import bearer, is_model_route, token_counts
+from vllm_bento.gate import OPEN_PATHS, bearer, is_gated, token_counts
 from vllm_bento.settings import load_settings
 
 
@@ -59,6 +59,8 @@ def test_bearer_parsing_never_fails(value: str) -> None:
 
 
 @given(st.text(max_size=100))
-def test_only_model_routes_are_gated(path: str) -> None:
-    gated = path.startswith("/v1/") or path in ("/generate", "/tokenize", "/detokenize")
-    assert is_model_route(path) == gated
+def test_model_routes_are_always_gated(path: str) -> None:
+    if path.startswith(("/v1/", "/generate", "/tokenize", "/detokenize")):
+        assert is_gated(path)
+    if path in OPEN_PATHS:
+        assert not is_gated(path)

@@ -55,7 +55,8 @@ class UnwrapErrorList:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith("/v1/"):
+            # vLLM's errors are objects already; its streams need no extra hop per chunk.
             await self.app(scope, receive, send)
             return
         held: list[Message] = []

@@ -1,16 +1,19 @@
-"""The gate in front of the model routes (``/v1/*``, ``/generate``, ``/tokenize``,
-``/detokenize``): API keys, the cap on requests in flight, refusal while the engine is down or
-the server is draining, the per-request time limit, and one log line per request.
+"""The gate in front of every route but the open ones (``OPEN_PATHS``: probes, metrics, docs and
+chat pages), so the model routes (``/v1/*``, ``/generate``, ``/tokenize``, ``/detokenize``) and
+any route added later: API keys, the cap on requests in flight, refusal while the engine is down
+or the server is draining, the per-request time limit, and one log line per request.
+What it enforces is an ``vllm_bento.admission.Admission``, handed to it when it is added.
 
 Answers it gives, each in the OpenAI error shape:
 
 - 401 ``authentication_error``: keys are configured and the bearer token is missing or wrong;
 - 503 ``service_unavailable``: the engine is not serving (starting, dead) or the server is
   draining for shutdown; with ``Retry-After``;
-- 429 ``rate_limit_exceeded``: ``max_in_flight`` requests are already in flight; ``Retry-After``;
+- 429 ``rate_limit_exceeded``: ``max_in_flight`` requests are already in flight (a slot is free
+  again as a response's last byte is sent); ``Retry-After``;
 - 504 ``timeout``: the request outran ``request_timeout_s`` before its response started;
 - 503 ``service_unavailable`` also when a request is still running at the end of the shutdown
-  grace period (``vllm_bento.lifecycle.drain``).
+  grace period (``Admission.drain``).
 
 A request ended early (time limit, shutdown) is aborted in the engine. If its stream has already
 started, an SSE stream gets a last ``data: {"error": ...}`` frame and ``data: [DONE]``; a
@@ -28,13 +31,13 @@ import hmac
 import json
 import logging
 import re
-import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vllm_bento.admission import ABORT_WAIT_S, SHUTDOWN, Admission
 from vllm_bento.errors import StreamCutOff, openai_error
 
 logger = logging.getLogger("vllm_bento.access")
@@ -42,59 +45,17 @@ logger = logging.getLogger("vllm_bento.access")
 LOOPBACK_HEADER = "x-vllm-bento-loopback"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
 _TAIL_BYTES = 4096  # usage sits at the end of a response (last SSE chunk or JSON body)
-ABORT_WAIT_S = 5.0  # how long an app ended early gets to abort its engine request
-SHUTDOWN = "The server is shutting down."
+
+OPEN_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz",
+                        "/metrics", "/chat"})
+"""Routes that bypass the gate: probes, metrics, BentoML's docs page and the chat page (which
+calls the gated ``/v1`` from the browser). Every other route, one added later included, is
+gated."""
+OPEN_PREFIXES = ("/chat/", "/static_content/", "/assets/")  # the pages' own files
 
 
-@dataclass(eq=False)
-class Admitted:
-    """A request in flight: its task, and the event that ends it early (at shutdown)."""
-
-    task: asyncio.Task[None] | None
-    cut: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass
-class GateState:
-    """What the gate enforces; the service fills it from the settings at start-up."""
-
-    api_keys: tuple[str, ...] = ()
-    max_in_flight: int = 64
-    request_timeout_s: float | None = None
-    retry_after_s: int = 1
-    loopback_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    refusal: str | None = "The model engine is starting."  # None while serving
-    stopping: bool = False  # set once shutdown has begun: an engine exit is then expected
-    admitted: set[Admitted] = field(default_factory=set)  # requests in flight
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.admitted)
-
-    def open(self) -> None:
-        self.refusal = None
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.refusal = SHUTDOWN
-
-    def refuse(self, reason: str) -> None:
-        self.refusal = reason
-
-    def key_ok(self, token: str) -> bool:
-        """Constant-time comparison against every configured key."""
-        given = token.encode()
-        return any(hmac.compare_digest(given, key.encode()) for key in self.api_keys)
-
-
-STATE = GateState()
-
-
-GATED_ROOT_PATHS = ("/generate", "/tokenize", "/detokenize")
-
-
-def is_model_route(path: str) -> bool:
-    return path.startswith("/v1/") or path in GATED_ROOT_PATHS
+def is_gated(path: str) -> bool:
+    return path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -120,14 +81,15 @@ def token_counts(tail: bytes) -> tuple[str, str]:
 
 
 class Gate:
-    """ASGI middleware enforcing ``STATE`` on the model routes; other routes pass untouched."""
+    """ASGI middleware enforcing ``admission`` on every route but the open ones (``is_gated``),
+    which pass untouched."""
 
-    def __init__(self, app: ASGIApp, state: GateState = STATE) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
-        self.state = state
+        self.state = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_model_route(scope["path"]):
+        if scope["type"] != "http" or not is_gated(scope["path"]):
             await self.app(scope, receive, send)
             return
         request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
@@ -154,7 +116,7 @@ class Gate:
                     "authentication_error", {"www-authenticate": "Bearer"})
         if state.refusal is not None:
             return 503, state.refusal, "service_unavailable", retry
-        if not loopback and state.in_flight >= state.max_in_flight:
+        if not loopback and state.full:
             return (429, f"Too many requests in flight (limit {state.max_in_flight}); "
                     "retry later.", "rate_limit_exceeded", retry)
         return None
@@ -163,12 +125,14 @@ class Gate:
         if loopback:  # the outer /generate request holds the slot and the time limit
             await self.app(exchange.scope, receive, exchange.send)
             return
-        request = Admitted(asyncio.current_task())
-        self.state.admitted.add(request)
+        request = self.state.admit(asyncio.current_task())
+        # Free the slot as the last byte goes out, not after: a client that sends its next
+        # request the moment it has the answer must find the slot free.
+        exchange.on_last_byte = lambda: self.state.release(request)
         try:
             await self._run_until_done_or_cut(exchange, receive, request.cut)
         finally:
-            self.state.admitted.discard(request)
+            self.state.release(request)
 
     async def _run_until_done_or_cut(self, exchange: Exchange, receive: Receive,
                                      cut: asyncio.Event) -> None:
@@ -243,7 +207,10 @@ class Exchange:
         self.muted = False  # set on timeout: the app's own late messages are dropped
         self.sse = False  # an OpenAI stream (BentoML labels /generate's plain text SSE too)
         self.finished = False
-        self.tail = b""
+        self.on_last_byte: Callable[[], None] | None = None
+        # The last two body messages, joined only for the log line: a stream's usage is in its
+        # last frames, and keeping more would copy bytes on every chunk.
+        self._tail = (b"", b"")
 
     async def send(self, message: Message) -> None:
         """The send channel handed to the app."""
@@ -260,9 +227,18 @@ class Exchange:
             self.sse = self.scope["path"].startswith("/v1/") and content_type.startswith(
                 b"text/event-stream")
         elif message["type"] == "http.response.body":
-            self.tail = (self.tail + message.get("body", b""))[-_TAIL_BYTES:]
-            self.finished = not message.get("more_body", False)
+            body = message.get("body", b"")
+            if body:
+                self._tail = (self._tail[1], body)
+            if not message.get("more_body", False):
+                self.finished = True
+                if self.on_last_byte is not None:
+                    self.on_last_byte()
         await self._send(message)
+
+    @property
+    def tail(self) -> bytes:
+        return b"".join(self._tail)[-_TAIL_BYTES:]
 
     async def send_error(self, status: int, message: str, err_type: str,
                          headers: dict[str, str], receive: Receive) -> None:

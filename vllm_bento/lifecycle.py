@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from vllm_bento.gate import ABORT_WAIT_S, GateState
+from vllm_bento.admission import Admission
 
 if TYPE_CHECKING:
     from vllm.engine.protocol import EngineClient
@@ -78,10 +78,8 @@ class EngineProcesses:
                 p.kill()
 
 
-ENGINE_PROCESSES = EngineProcesses()
-
-
-async def watch_engine(engine: EngineClient, state: GateState) -> None:
+async def watch_engine(engine: EngineClient, state: Admission,
+                       processes: EngineProcesses) -> None:
     """Poll the engine; when it has died, refuse requests and end the server."""
     while not engine.errored:
         await asyncio.sleep(ENGINE_POLL_S)
@@ -91,17 +89,17 @@ async def watch_engine(engine: EngineClient, state: GateState) -> None:
                  getattr(engine, "dead_error", "engine errored"))
     state.refuse("The model engine died; the server is restarting.")
     await asyncio.sleep(DEATH_EXIT_DELAY_S)
-    exit_server(EXIT_CODE_ENGINE_DEAD)
+    exit_server(processes, EXIT_CODE_ENGINE_DEAD)
 
 
-def exit_server(code: int) -> None:
+def exit_server(processes: EngineProcesses, code: int) -> None:
     """End this worker, its engine processes, and the BentoML arbiter that supervises it.
 
     The arbiter (circus, the ``bentoml serve`` process) would otherwise start a new worker and
     exit 0 when stopped, hiding the failure from the outer supervisor; it is killed so that
     ``bentoml serve`` ends non-zero.
     """
-    ENGINE_PROCESSES.kill()  # first: an orphaned worker is no longer among our children
+    processes.kill()  # first: an orphaned worker is no longer among our children
     me = psutil.Process()
     for child in me.children(recursive=True):
         with contextlib.suppress(psutil.Error):  # some have exited already
@@ -138,7 +136,7 @@ def is_bentoml_arbiter(process: psutil.Process) -> bool:
     return cmdline is not None and ("circus" in process.name() or "bentoml" in cmdline)
 
 
-def install_drain_on_sigterm(state: GateState, grace_s: float) -> None:
+def install_drain_on_sigterm(state: Admission, grace_s: float) -> None:
     """Replace uvicorn's SIGTERM handler (installed before start-up hooks run) with one that
     drains first and then hands over to it."""
     loop = asyncio.get_running_loop()
@@ -155,28 +153,10 @@ def install_drain_on_sigterm(state: GateState, grace_s: float) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-async def drain(state: GateState, grace_s: float, then: Callable[[], object]) -> None:
-    """Refuse new requests, wait up to ``grace_s`` for those in flight, end the rest early
-    (aborted in the engine, answered with a 503 error), then call ``then`` (uvicorn's
-    shutdown, which would otherwise wait for every open connection)."""
+async def drain(state: Admission, grace_s: float, then: Callable[[], object]) -> None:
+    """``state.drain(grace_s)``, then ``then`` (uvicorn's shutdown, which would otherwise wait
+    for every open connection). A second SIGTERM while draining does nothing."""
     if state.stopping:
-        return  # a second SIGTERM while draining
-    state.stop()
-    logger.info("Draining %d request(s) for up to %.0f s", state.in_flight, grace_s)
-    await until_no_request(state, grace_s)
-    if state.admitted:
-        logger.warning("Ending %d request(s) still running after the grace period",
-                       len(state.admitted))
-        for request in list(state.admitted):
-            request.cut.set()
-        await until_no_request(state, ABORT_WAIT_S + 1)
-        for request in list(state.admitted):  # an app that ignored the disconnect
-            if request.task is not None:
-                request.task.cancel()
+        return
+    await state.drain(grace_s)
     then()
-
-
-async def until_no_request(state: GateState, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while state.admitted and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)

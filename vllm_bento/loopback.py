@@ -77,6 +77,12 @@ class LoopbackChat:
             )
         return self._client
 
+    async def aclose(self) -> None:
+        """Close the client's connections (at shutdown)."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
     async def stream(self, base_url: str, prompt: str, max_tokens: int) -> AsyncIterator[str]:
         """Yield the answer's text as it is generated.
 

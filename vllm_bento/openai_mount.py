@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from starlette.types import Message, Receive, Scope, Send
 
+    from vllm_bento.runtime import Runtime
+
 OPENAPI_PATH = "/v1/openapi.json"
 
 
@@ -31,20 +33,21 @@ def v1_openapi(app: FastAPI) -> dict[str, Any]:
 
 
 class OpenAIMount:
-    """Forwards to ``target`` (vLLM's FastAPI app), set when the engine is ready."""
+    """Forwards to ``runtime.target`` (vLLM's FastAPI app) while the engine runs."""
 
-    def __init__(self) -> None:
-        self.target: FastAPI | None = None
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             return  # BentoML owns the process lifespan; the engine starts in on_startup.
-        if self.target is None:
+        target = self.runtime.target
+        if target is None:
             response = openai_error(503, "The model engine is not running.", "service_unavailable")
             await response(scope, receive, send)
             return
         if scope["type"] == "http" and scope["path"] == OPENAPI_PATH:
-            await JSONResponse(v1_openapi(self.target))(scope, receive, send)
+            await JSONResponse(v1_openapi(target))(scope, receive, send)
             return
         if scope["type"] == "http" and scope.get("method") == "POST":
             body, receive = await buffered(receive)
@@ -57,7 +60,7 @@ class OpenAIMount:
         # themselves, so give vLLM the path as the client sent it.
         child = dict(scope)
         child["root_path"] = scope.get("app_root_path", "")
-        await self.target(child, receive, send)
+        await target(child, receive, send)
 
 
 async def buffered(receive: Receive) -> tuple[bytes, Receive]:

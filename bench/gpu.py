@@ -1,0 +1,259 @@
+"""``python -m bench.gpu``: the GPU benchmark (``make bench-gpu`` on a GPU host).
+
+For each model, one system at a time on the one GPU: raw ``vllm serve`` with the service's
+exact engine arguments, then the service (``bentoml serve``). Each is started, timed to ready,
+warmed up, and driven at every concurrency level, ``--repeats`` times:
+
+- ``raw-chat`` / ``service-chat``: ``vllm bench serve`` on ``/v1/chat/completions`` (random
+  prompts, fixed lengths, EOS ignored), failures counted by kind (429s apart);
+- ``service-generate`` / ``service-chat-eos``: the same prompts to ``/generate`` and to
+  ``/v1/chat/completions`` with EOS honoured (``/generate`` has no ``ignore_eos``), through
+  ``bench.clients``' one request loop, so the two compare like for like.
+
+Models: ``smollm2`` (the packaged model in fp16: the front end is the bottleneck) and
+``llama8b`` (the Llama 3.1 8B architecture with random weights, ``--load-format dummy``, from
+``bench.dummy_model``: GPU-bound). Also recorded: start-up to ready (caches as they are: say so
+in the report), peak GPU memory per system (``nvidia-smi``), the H200's measured memory
+bandwidth and the batch-1 decode floor it implies for the 8B-class model.
+
+Writes one JSON file (``--out``) after every model, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench import clients, meta
+from bench import workload as wl
+from bench.metrics import RunMetrics, over_repeats, summarize
+from tests.raw_vllm import service_engine_args, start_raw
+from tests.served import ROOT, Served, stop, wait_ready
+from tests.served import start as start_service
+from vllm_bento.settings import load_settings
+
+logger = logging.getLogger("bench.gpu")
+
+LEVELS = (1, 16, 64, 256, 1024)
+PROMPTS = {1: 8, 16: 48, 64: 128, 256: 512, 1024: 1024}
+WORKLOAD = wl.Workload(input_len=128, output_len=128)
+READY_TIMEOUT_S = 900.0
+COMPILE_CACHES = ("~/.cache/vllm", "~/.cache/flashinfer", "~/.triton", "~/.cache/triton")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model under test: the ``LLM_*`` settings that select it, and its served name."""
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def served_name(self) -> str:
+        return self.env.get("LLM_SERVED_MODEL_NAME", load_settings().model_id)
+
+
+def models(dummy_dir: Path) -> dict[str, Model]:
+    return {
+        "smollm2": Model("smollm2"),
+        "llama8b": Model("llama8b", {
+            "LLM_MODEL_ID": str(dummy_dir), "LLM_SERVED_MODEL_NAME": "llama8b-dummy",
+            "LLM_ENGINE_ARGS": "--load-format dummy"}),
+    }
+
+
+class GpuMemory:
+    """Peak used GPU memory over all GPUs, sampled from ``nvidia-smi`` in a thread."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.peak_mib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def used_mib() -> int:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,"
+                              "nounits"], capture_output=True, text=True, timeout=10).stdout
+        return sum(int(x) for x in out.split())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mib = max(self.peak_mib, self.used_mib())
+
+    def __enter__(self) -> GpuMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def clear_compile_caches() -> None:
+    for path in COMPILE_CACHES:
+        shutil.rmtree(Path(path).expanduser(), ignore_errors=True)
+
+
+def refused(failures: list[str]) -> int:
+    """Failures that were the service's 429 (vLLM's client keeps the HTTP reason only)."""
+    return sum(1 for f in failures if "429" in f or "Too Many Requests" in f)
+
+
+def run_level(system: str, base_url: str, model: Model, level: int, repeat: int,
+              scratch: Path) -> dict[str, Any]:
+    """One run of ``system`` at ``level``; its metrics and failures."""
+    seed = wl.seed_for(level, repeat)
+    count = PROMPTS[level]
+    if system.endswith("-chat"):
+        result_file = scratch / f"{system}-{level}-{repeat}.json"
+        argv = clients.vllm_bench_argv(base_url, model.served_name, wl.model_path(), WORKLOAD,
+                                       level, count, seed, result_file)
+        result = clients.vllm_bench_serve(argv, scratch / f"{system}-{level}-{repeat}.log")
+    else:
+        prompts = wl.prompts(WORKLOAD, count, seed)
+        if system == "service-generate":
+            result = clients.generate_run(base_url, prompts, WORKLOAD, level)
+        else:
+            result = clients.chat_run(base_url, model.served_name, prompts, WORKLOAD, level)
+    metrics = asdict(summarize(result.records, result.duration_s, level)) if result.records \
+        else None
+    return {"metrics": metrics, "failures": len(result.failures),
+            "refused_429": refused(result.failures), "failure_sample": result.failures[:3]}
+
+
+def drive(systems: tuple[str, ...], base_url: str, model: Model, repeats: int,
+          scratch: Path) -> dict[str, Any]:
+    """Every system at every level, ``repeats`` times; per system and level the runs and the
+    median and spread of their metrics."""
+    warm = clients.vllm_bench_argv(base_url, model.served_name, wl.model_path(), WORKLOAD, 16,
+                                   32, wl.WARMUP_SEED, scratch / "warmup.json")
+    clients.vllm_bench_serve(warm, scratch / "warmup.log")  # CUDA graphs, caches, connections
+    out: dict[str, Any] = {s: {} for s in systems}
+    for repeat in range(repeats):
+        for level in LEVELS:
+            for system in systems:
+                run = run_level(system, base_url, model, level, repeat, scratch)
+                logger.info("%s %s c=%d r=%d: %s", model.name, system, level, repeat,
+                            {k: round(v, 2) for k, v in (run["metrics"] or {}).items()
+                             if k in ("output_tok_s", "ttft_p50_ms", "tpot_p50_ms")}
+                            | {"failures": run["failures"]})
+                out[system].setdefault(str(level), {"runs": []})["runs"].append(run)
+    for system in systems:
+        for entry in out[system].values():
+            good = [r["metrics"] for r in entry["runs"] if r["metrics"] is not None]
+            if good:
+                entry["summary"] = {k: asdict(v) for k, v in
+                                    over_repeats([RunMetrics(**m) for m in good]).items()}
+    return out
+
+
+def serve_and_drive(kind: str, model: Model, repeats: int, scratch: Path,
+                    cold: bool) -> dict[str, Any]:
+    """Start one system for ``model``, time it to ready, drive it, stop it."""
+    if cold:
+        clear_compile_caches()
+    env = {**os.environ, **model.env}
+    os.environ.update(model.env)  # service_engine_args reads LLM_* from this process
+    served: Served
+    with GpuMemory() as memory:
+        if kind == "raw":
+            served = start_raw(f"gpu-{model.name}",
+                               service_engine_args(model.env.get("LLM_MODEL_ID")), env)
+            ready_path = "/health"
+            systems: tuple[str, ...] = ("raw-chat",)
+        else:
+            served = start_service(f"gpu-{model.name}", env)
+            ready_path = "/readyz"
+            systems = ("service-chat", "service-generate", "service-chat-eos")
+        try:
+            ready_s = wait_ready(served, READY_TIMEOUT_S, ready_path, 0.25)
+            logger.info("%s %s ready in %.1f s", model.name, kind, ready_s)
+            results = drive(systems, served.url, model, repeats, scratch)
+        finally:
+            exit_code = stop(served)
+        for key in model.env:
+            os.environ.pop(key, None)
+    return {"ready_s": ready_s, "cold_caches": cold, "peak_gpu_mib": memory.peak_mib,
+            "exit_code": exit_code, "log": str(served.log), "systems": results}
+
+
+def gpu_bandwidth_gbs(gib: int = 4, passes: int = 20) -> float:
+    """Device memory bandwidth, GB/s: a ``gib``-GiB copy (read + write) timed on the GPU."""
+    import torch
+
+    src = torch.empty(gib * 2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(passes):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * gib * 2**30 * passes / seconds / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__)
+    parser.add_argument("--models", default="smollm2,llama8b")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/gpu-h200.json")
+    parser.add_argument("--dummy-dir", type=Path, default=Path("/tmp/llama8b-dummy"))
+    parser.add_argument("--cold", action="store_true", help="clear compile caches before "
+                        "each start (start-ups then compare cold with cold)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    scratch = ROOT / "bench/results/tmp/gpu"
+    scratch.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"machine": meta.machine(ROOT), "workload": asdict(WORKLOAD),
+                              "levels": LEVELS, "prompts": PROMPTS, "repeats": args.repeats,
+                              "gpu": gpu_name(), "models": {}}
+    result["machine"]["commit"] = os.environ.get("BENCH_COMMIT", result["machine"]["commit"])
+    result["membw_gbs"] = gpu_bandwidth_gbs()
+    logger.info("GPU copy bandwidth %.0f GB/s", result["membw_gbs"])
+    for name in args.models.split(","):
+        model = models(args.dummy_dir)[name]
+        if name == "llama8b":
+            from bench.dummy_model import write_dummy_model
+            write_dummy_model(args.dummy_dir)
+        entry = result["models"].setdefault(name, {"env": model.env})
+        for kind in ("raw", "service"):
+            entry[kind] = guarded(partial(serve_and_drive, kind, model, args.repeats, scratch,
+                                          args.cold))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({"wrote": str(args.out)}))
+
+
+def guarded(step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A step's result, or its error: one failed system must not lose the others' figures."""
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001 - recorded in the result and logged
+        logger.exception("step failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def gpu_name() -> str:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                          "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+    return out.stdout.strip()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Admission: which requests the gate lets through, which it refuses, and the drain at shutdown.
+
+One ``Admission`` per worker, built by ``vllm_bento.runtime.Runtime`` from the settings and
+handed to the gate (``vllm_bento.gate.Gate``) and to the shutdown path (``lifecycle``).
+
+The in-flight cap follows the engine: vLLM runs at most ``max_num_seqs`` requests at once and
+queues the rest (raw ``vllm serve`` queues without bound). By default the service admits
+``WAITING_ALLOWANCE`` times that many, so a full batch can wait behind the running one; past
+that a request would wait for more than one whole batch to finish, and a quick 429 lets the
+client (or BentoCloud's autoscaler, which adds replicas) send it where it is served sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN = "The server is shutting down."
+STARTING = "The model engine is starting."
+ABORT_WAIT_S = 5.0  # how long an app ended early gets to abort its engine request
+WAITING_ALLOWANCE = 2
+"""Default cap = this many times the engine's ``max_num_seqs``: one batch running, one waiting.
+Measured on an H200 (docs/benchmarks-gpu.md): at 1024 concurrent streams with vLLM's default
+``max_num_seqs`` the service refused none, as raw ``vllm serve``."""
+
+
+def default_max_in_flight(max_num_seqs: int) -> int:
+    """The cap used when ``LLM_MAX_IN_FLIGHT`` is unset, for an engine scheduling up to
+    ``max_num_seqs`` requests at once."""
+    return WAITING_ALLOWANCE * max_num_seqs
+
+
+@dataclass(eq=False)
+class Admitted:
+    """A request in flight: its task, and the event that ends it early (at shutdown)."""
+
+    task: asyncio.Task[None] | None
+    cut: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Admission:
+    """What the gate enforces, and the requests it let in.
+
+    ``max_in_flight`` is None until the engine is up, unless the operator set it: then it is
+    ``default_max_in_flight`` of the engine's ``max_num_seqs`` (``Runtime.start``).
+    """
+
+    api_keys: tuple[str, ...] = ()
+    max_in_flight: int | None = None
+    request_timeout_s: float | None = None
+    retry_after_s: int = 1
+    loopback_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    refusal: str | None = STARTING  # None while serving
+    stopping: bool = False  # set once shutdown has begun: an engine exit is then expected
+    admitted: set[Admitted] = field(default_factory=set)  # requests in flight
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.admitted)
+
+    @property
+    def full(self) -> bool:
+        return self.max_in_flight is not None and self.in_flight >= self.max_in_flight
+
+    def open(self) -> None:
+        self.refusal = None
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.refusal = SHUTDOWN
+
+    def refuse(self, reason: str) -> None:
+        self.refusal = reason
+
+    def key_ok(self, token: str) -> bool:
+        """Constant-time comparison against every configured key."""
+        given = token.encode()
+        return any(hmac.compare_digest(given, key.encode()) for key in self.api_keys)
+
+    def admit(self, task: asyncio.Task[None] | None) -> Admitted:
+        request = Admitted(task)
+        self.admitted.add(request)
+        return request
+
+    def release(self, request: Admitted) -> None:
+        """Free ``request``'s slot; a second call does nothing."""
+        self.admitted.discard(request)
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new requests, wait up to ``grace_s`` for those in flight, then end the rest
+        early (the gate aborts them in the engine and answers 503), cancelling only those
+        whose app ignored that for ``ABORT_WAIT_S``."""
+        self.stop()
+        logger.info("Draining %d request(s) for up to %.0f s", self.in_flight, grace_s)
+        await self.until_idle(grace_s)
+        if not self.admitted:
+            return
+        logger.warning("Ending %d request(s) still running after the grace period",
+                       self.in_flight)
+        for request in list(self.admitted):
+            request.cut.set()
+        await self.until_idle(ABORT_WAIT_S + 1)
+        for request in list(self.admitted):  # an app that ignored the disconnect
+            if request.task is not None:
+                request.task.cancel()
+
+    async def until_idle(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.admitted and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)

@@ -1,0 +1,79 @@
+"""The serving state of one service worker, in one object built from the settings.
+
+``Runtime`` owns admission and drain (``Admission``), the engine and the app requests are
+forwarded to (``target``), the engine's processes, and ``/generate``'s loopback client.
+``service.py`` builds one at import and hands it explicitly to the gate middleware, the mounts
+and the service class; nothing else holds serving state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+from vllm_bento import hardware, lifecycle
+from vllm_bento.admission import Admission, default_max_in_flight
+from vllm_bento.loopback import LoopbackChat
+from vllm_bento.settings import Settings, engine_config
+from vllm_bento.vllm_entrypoints import OpenAIServer, max_num_seqs, serve_openai
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+logger = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything a worker serves with; the engine itself exists between ``start`` and
+    ``stop``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admission = Admission(
+            api_keys=settings.api_key_list,
+            max_in_flight=settings.max_in_flight,
+            request_timeout_s=settings.request_timeout_s,
+        )
+        self.processes = lifecycle.EngineProcesses()
+        self.loopback = LoopbackChat(settings.model_id, settings.generate_temperature,
+                                     self.admission.loopback_token)
+        self.server: OpenAIServer | None = None
+        self._stack = AsyncExitStack()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def target(self) -> FastAPI | None:
+        """vLLM's OpenAI app while the engine runs, else None."""
+        return None if self.server is None else self.server.app
+
+    async def start(self, model_path: str) -> None:
+        """Start the engine on ``model_path``, size admission from it, and open the gate.
+
+        Raises whatever vLLM raises when the engine cannot start.
+        """
+        lifecycle.install_drain_on_sigterm(self.admission, self.settings.shutdown_grace_s)
+        cfg = engine_config(self.settings, hardware.detect())
+        logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
+        self.server = await self._stack.enter_async_context(serve_openai(cfg, model_path))
+        if self.admission.max_in_flight is None:
+            seqs = max_num_seqs(self.server.engine)
+            self.admission.max_in_flight = default_max_in_flight(seqs)
+            logger.info("Admitting up to %d requests in flight (engine max_num_seqs %d)",
+                        self.admission.max_in_flight, seqs)
+        self.processes.note()
+        self._watchdog = asyncio.create_task(
+            lifecycle.watch_engine(self.server.engine, self.admission, self.processes))
+        self.admission.open()
+
+    async def stop(self) -> None:
+        """Refuse requests, stop the engine, close the loopback client, and end every engine
+        process still running."""
+        self.admission.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self.server = None
+        await self.loopback.aclose()
+        await self._stack.aclose()
+        self.processes.reap()  # none may outlive the server, orphaned or not
