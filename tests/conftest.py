@@ -21,11 +21,15 @@ MODEL = PACKAGED_MODEL_ID
 
 
 def gpu_count() -> int:
-    """NVIDIA GPUs visible here (0 without nvidia-smi)."""
+    """NVIDIA GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` where set, else all that
+    nvidia-smi lists (0 without it)."""
+    import os
     import subprocess
 
     if shutil.which("nvidia-smi") is None:
         return 0
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return len([d for d in visible.split(",") if d.strip()])
     out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True)
     return len(out.stdout.splitlines()) if out.returncode == 0 else 0
 

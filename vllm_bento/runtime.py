@@ -37,7 +37,7 @@ class Runtime:
             request_timeout_s=settings.request_timeout_s,
         )
         self.processes = lifecycle.EngineProcesses()
-        self.loopback = LoopbackChat(settings.model_id, settings.generate_temperature,
+        self.loopback = LoopbackChat(settings.served_name, settings.generate_temperature,
                                      self.admission.loopback_token)
         self.server: OpenAIServer | None = None
         self._stack = AsyncExitStack()
