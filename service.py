@@ -56,6 +56,7 @@ MODEL = bento_spec.model_ref(SETTINGS)
 @bentoml.service(
     name="vllm-llm",
     traffic=bento_spec.traffic(SETTINGS),
+    tracing=bento_spec.tracing(),
     # Build arguments (`bentoml build --arg gpu_count=2`) decide these; see vllm_bento.bento_spec.
     resources=bento_spec.resources(SETTINGS),
     envs=bento_spec.envs(SETTINGS),

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from vllm_bento import hardware
 from vllm_bento.hardware import Hardware
 from vllm_bento.settings import PACKAGED_MODEL_ID, EngineConfig, engine_config, load_settings
+from vllm_bento.vllm_entrypoints import cli_args
 
 AVX2_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "fma"}))
 BF16_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
@@ -132,3 +133,142 @@ def test_cuda_visible_devices_alone_is_not_a_gpu(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setattr("shutil.which", lambda _: None)
     assert hardware.count_gpus() == 0
+
+
+# Engine flags (LLM_ENGINE_ARGS) and model folders.
+
+
+def test_engine_flags_reach_the_engine_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_ENGINE_ARGS", "--max-num-seqs 128 --kv-cache-dtype fp8 "
+                       "--override-generation-config '{\"temperature\": 0.5}'")
+    cfg = engine_config(load_settings(), AVX2_CPU)
+    extra = ("--max-num-seqs", "128", "--kv-cache-dtype", "fp8",
+             "--override-generation-config", '{"temperature": 0.5}')
+    assert cfg.extra_args == extra
+    argv = cli_args(cfg, "/models/x")
+    assert tuple(argv[-len(extra):]) == extra  # after the service's own flags
+    assert cfg.max_model_len == 2048 and "--max-model-len" in argv
+
+
+def test_no_engine_flags_by_default() -> None:
+    assert engine_config(load_settings(), AVX2_CPU).extra_args == ()
+
+
+@pytest.mark.parametrize(
+    ("engine_args", "message"),
+    [("--no-such-flag", "unrecognized arguments: --no-such-flag"),
+     ("--max-num-seqs abc", "argument --max-num-seqs: invalid int value: 'abc'"),
+     ("--kv-cache-dtype fp9", "argument --kv-cache-dtype: invalid choice: 'fp9'"),
+     ("--max-num", "unrecognized arguments: --max-num"),  # no abbreviations
+     ("--enable-log-outputs", "--enable-log-outputs requires --enable-log-requests"),
+     ("--max-num-seqs '128", "No closing quotation")],
+    ids=["unknown", "bad-int", "bad-choice", "abbreviated", "vllm-check", "quoting"],
+)
+def test_engine_flags_vllm_refuses_fail_with_its_message(monkeypatch: pytest.MonkeyPatch,
+                                                         engine_args: str, message: str) -> None:
+    monkeypatch.setenv("LLM_ENGINE_ARGS", engine_args)
+    with pytest.raises(ValidationError, match=re.escape(message)) as caught:
+        load_settings()
+    assert caught.value.errors()[0]["loc"] == ("engine_args",)
+
+
+@pytest.mark.parametrize(
+    ("engine_args", "flag", "instead"),
+    [("--max-model-len 4096", "--max-model-len", "LLM_MAX_MODEL_LEN"),
+     ("--max-model-len=4096", "--max-model-len", "LLM_MAX_MODEL_LEN"),
+     ("--max_model_len 4096", "--max-model-len", "LLM_MAX_MODEL_LEN"),
+     ("--max_model_len=4096", "--max-model-len", "LLM_MAX_MODEL_LEN"),
+     ("--dtype auto", "--dtype", "LLM_DTYPE"),  # even at vLLM's default value
+     ("-tp 2", "--tensor-parallel-size", "LLM_TENSOR_PARALLEL_SIZE"),
+     ("--no-enable-prefix-caching", "--enable-prefix-caching", "LLM_ENABLE_PREFIX_CACHING"),
+     ("--enforce-eager", "--enforce-eager", "LLM_ENFORCE_EAGER"),
+     ("--served_model_name=x", "--served-model-name", "LLM_SERVED_MODEL_NAME"),
+     ("--kv-cache-memory-bytes 1G", "--kv-cache-memory-bytes", "LLM_CPU_KV_CACHE_GIB"),
+     ("--tool-call-parser hermes", "--tool-call-parser", "LLM_TOOL_CALL_PARSER"),
+     ("--api-key k", "--api-key", "LLM_API_KEYS"),
+     ("--shutdown-timeout 5", "--shutdown-timeout", "LLM_SHUTDOWN_GRACE_S"),
+     ("some/model", "a model (positional argument)", "LLM_MODEL_ID"),
+     ("--model some/model", "--model", "LLM_MODEL_ID"),
+     ("--port 8001", "--port", "bentoml serve"),
+     ("--ssl-keyfile k.pem", "--ssl-keyfile", "bentoml serve"),
+     ("--api-server-count 2", "--api-server-count", "in-process"),
+     ("--headless", "--headless", "in-process"),
+     ("--config flags.yaml", "--config", "put the flags here"),
+     ("--help", "--help", "vllm serve --help")],
+)
+def test_flags_the_service_sets_are_refused_naming_the_setting(
+        monkeypatch: pytest.MonkeyPatch, engine_args: str, flag: str, instead: str) -> None:
+    monkeypatch.setenv("LLM_ENGINE_ARGS", f"--max-num-seqs 8 {engine_args}")
+    with pytest.raises(ValidationError) as caught:  # not SystemExit, even for --help
+        load_settings()
+    message = str(caught.value)
+    assert f"{flag} is refused in engine_args (LLM_ENGINE_ARGS)" in message
+    assert instead in message
+
+
+def test_engine_flags_from_a_build_argument_are_checked_too() -> None:
+    set_arguments({"engine_args": "--max-num-seqs 64"})
+    assert load_settings().engine_arg_list == ("--max-num-seqs", "64")
+    set_arguments({"engine_args": "--no-such-flag"})
+    with pytest.raises(ValidationError, match="unrecognized arguments: --no-such-flag"):
+        load_settings()
+
+
+def hf_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    return path
+
+
+def test_model_folder_is_served_under_its_name(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "my-llama")
+    settings = load_settings(model_id=str(folder))
+    assert settings.model_folder == folder and not settings.uses_packaged_model
+    assert settings.served_name == "my-llama"
+    cfg = engine_config(settings, AVX2_CPU)
+    assert cfg.served_model_name == "my-llama"
+    assert cfg.tool_call_parser is None  # the packaged model's parser is the packaged model's
+
+
+def test_relative_model_folder_is_made_absolute(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    hf_folder(tmp_path / "models" / "x")
+    monkeypatch.chdir(tmp_path / "models")
+    monkeypatch.setenv("LLM_MODEL_ID", "./x/")
+    settings = load_settings()
+    assert settings.model_id == str(tmp_path / "models" / "x")
+    assert settings.served_name == "x"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "served_model_name", "expected"),
+    [(PACKAGED_MODEL_ID, None, PACKAGED_MODEL_ID),
+     ("meta-llama/Llama-3.1-8B-Instruct", None, "meta-llama/Llama-3.1-8B-Instruct"),
+     ("meta-llama/Llama-3.1-8B-Instruct", "llama", "llama"),
+     (PACKAGED_MODEL_ID, "smol", "smol")],
+)
+def test_served_model_name_defaults_to_the_model_id(model_id: str, served_model_name: str | None,
+                                                    expected: str) -> None:
+    settings = load_settings(model_id=model_id, served_model_name=served_model_name)
+    assert settings.served_name == expected
+    assert engine_config(settings, AVX2_CPU).served_model_name == expected
+
+
+def test_served_model_name_overrides_a_folders_name(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_MODEL_ID", str(hf_folder(tmp_path / "ckpt")))
+    monkeypatch.setenv("LLM_SERVED_MODEL_NAME", "my-model")
+    assert engine_config(load_settings(), AVX2_CPU).served_model_name == "my-model"
+
+
+def test_folder_without_config_json_is_refused(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    monkeypatch.setenv("LLM_MODEL_ID", str(tmp_path))
+    with pytest.raises(ValidationError, match="has no config.json: not a Hugging Face model"):
+        load_settings()
+
+
+def test_missing_model_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=f"model folder {tmp_path / 'nope'} does not exist"):
+        load_settings(model_id=str(tmp_path / "nope"))

@@ -3,13 +3,27 @@ these fail first and say what moved."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import json
+from pathlib import Path
 
 import pytest
 
+from bench import dummy_model
 from vllm_bento.hardware import Hardware
+from vllm_bento.packaged_model import ensure_packaged_model
 from vllm_bento.settings import EngineConfig, engine_config, load_settings
-from vllm_bento.vllm_entrypoints import VLLM_VERSION, cli_args, installed_vllm_version, parse_args
+from vllm_bento.vllm_entrypoints import (
+    MANAGED_FLAGS,
+    VLLM_VERSION,
+    EngineArgsError,
+    _serve_parser,
+    check_extra_args,
+    cli_args,
+    installed_vllm_version,
+    parse_args,
+)
 
 CPU_CFG = EngineConfig(
     served_model_name="org/model", max_model_len=2048, dtype="float32",
@@ -80,3 +94,66 @@ def test_resolved_settings_reach_vllm(gpu_count: int, hw: Hardware,
     assert {name: getattr(args, name) for name in expected} == expected
     assert (args.max_model_len, args.enable_prefix_caching) == (2048, True)
     assert args.served_model_name == ["meta-llama/Llama-3.1-8B-Instruct"]
+
+
+def test_extra_engine_flags_reach_vllm() -> None:
+    cfg = dataclasses.replace(CPU_CFG, extra_args=(
+        "--max-num-seqs", "128", "--kv-cache-dtype", "fp8", "--quantization", "fp8",
+        "--load-format", "dummy"))
+    args = parse_args(cli_args(cfg, "/models/x"))
+    assert (args.max_num_seqs, args.kv_cache_dtype) == (128, "fp8")
+    assert (args.quantization, args.load_format) == ("fp8", "dummy")
+    assert args.max_model_len == 2048  # the service's own flags still hold
+
+
+def test_managed_flags_are_vllms() -> None:
+    """Each flag the service refuses still exists in vLLM's parser (a rename would let the new
+    name through unchecked)."""
+    dests = {action.dest for action in _serve_parser()._actions}
+    assert set(MANAGED_FLAGS) - dests == set()
+
+
+def test_every_flag_the_service_sets_is_refused_as_an_extra() -> None:
+    """So an extra flag can never override one of the service's (the later one would win)."""
+    full = dataclasses.replace(CPU_CFG, gpu_memory_utilization=0.9, tool_call_parser="hermes",
+                               chat_template="{{ messages }}")
+    for token in cli_args(full, "/models/x"):
+        if token.startswith("--"):
+            with pytest.raises(EngineArgsError, match="is refused in engine_args"):
+                check_extra_args([token, "1"] if token != "--model" else [token, "m"])
+
+
+def test_parse_errors_raise_instead_of_exiting() -> None:
+    with pytest.raises(EngineArgsError, match="unrecognized arguments: --no-such-flag"):
+        parse_args(["--no-such-flag"])
+
+
+def test_vllm_loads_the_dummy_llama_config(tmp_path: Path) -> None:
+    """bench.dummy_model's folder: vLLM reads it as Llama 3.1 8B with SmolLM2's vocabulary, and
+    needs no weights for --load-format dummy."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    packaged = Path(ensure_packaged_model().path)
+    config = dummy_model.write_dummy_model(tmp_path / "llama-8b-dummy", packaged)
+    assert load_settings(model_id=str(tmp_path / "llama-8b-dummy")).served_name == "llama-8b-dummy"
+    model = EngineArgs(model=str(tmp_path / "llama-8b-dummy"), load_format="dummy",
+                       max_model_len=2048).create_model_config()
+    hf = model.hf_config
+    assert model.architectures == ["LlamaForCausalLM"]
+    assert (hf.num_hidden_layers, hf.hidden_size, hf.num_attention_heads,
+            hf.num_key_value_heads, hf.intermediate_size) == (32, 4096, 32, 8, 14336)
+    assert hf.rope_parameters["rope_type"] == "llama3" and hf.rope_parameters["factor"] == 8.0
+    assert hf.tie_word_embeddings is False
+    smol = json.loads((packaged / "config.json").read_text())
+    assert model.get_vocab_size() == smol["vocab_size"] == config["vocab_size"] == 49152
+    assert (hf.bos_token_id, hf.eos_token_id) == (smol["bos_token_id"], smol["eos_token_id"])
+    assert (tmp_path / "llama-8b-dummy" / "tokenizer.json").is_file()
+    assert (tmp_path / "llama-8b-dummy" / "chat_template.jinja").is_file()
+
+
+def test_dummy_llama_weight_bytes() -> None:
+    # Meta's count for Llama 3.1 8B, with its own 128256-token vocabulary.
+    assert dummy_model.param_count(dummy_model.LLAMA_31_8B) == 8_030_261_248
+    smol_vocab = dummy_model.dummy_config({"vocab_size": 49152})
+    assert dummy_model.param_count(smol_vocab) == 8_030_261_248 - 2 * (128256 - 49152) * 4096
+    assert dummy_model.weight_bytes(smol_vocab) == 2 * dummy_model.param_count(smol_vocab)

