@@ -74,7 +74,8 @@ def models(dummy_dir: Path) -> dict[str, Model]:
 
 
 class GpuMemory:
-    """Peak used GPU memory over all GPUs, sampled from ``nvidia-smi`` in a thread."""
+    """Peak used memory of the GPUs this process may use (``CUDA_VISIBLE_DEVICES``, else
+    all), sampled from ``nvidia-smi`` in a thread."""
 
     def __init__(self, interval_s: float = 0.5) -> None:
         self.interval_s = interval_s
@@ -84,8 +85,10 @@ class GpuMemory:
 
     @staticmethod
     def used_mib() -> int:
+        ids = os.environ.get("CUDA_VISIBLE_DEVICES")
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,"
-                              "nounits"], capture_output=True, text=True, timeout=10).stdout
+                              "nounits", *([f"--id={ids}"] if ids else [])],
+                             capture_output=True, text=True, timeout=10).stdout
         return sum(int(x) for x in out.split())
 
     def _run(self) -> None:

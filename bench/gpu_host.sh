@@ -34,7 +34,9 @@ run_all() {
     echo "bench exit $?" >>$OUT_DIR/bench.log
   }
   suite() {
-    CUDA_VISIBLE_DEVICES=$1 timeout 1500 python3 -m pytest -p no:cacheprovider -o addopts="-ra" \
+    # Up to three engines share the suite's GPU at once (the shared server, a module's own
+    # server, raw vllm serve for parity): each may take 0.28 of its memory, not vLLM's 0.9.
+    CUDA_VISIBLE_DEVICES=$1 LLM_GPU_MEMORY_UTILIZATION=0.28 timeout 1500 python3 -m pytest -p no:cacheprovider -o addopts="-ra" \
       $GPU_TESTS >$OUT_DIR/pytest.log 2>&1
     echo "pytest exit $?" >>$OUT_DIR/pytest.log
   }

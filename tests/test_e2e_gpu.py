@@ -5,13 +5,16 @@ GPUs BentoML assigns, stopping with no process left. Skipped on a machine withou
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import openai
 import psutil
 import pytest
 
+from bench.dummy_model import write_dummy_model
 from tests import served
 from tests.conftest import MODEL
+from vllm_bento.packaged_model import ensure_packaged_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,17 +26,19 @@ def gpu_compute_pids() -> set[int]:
     return {int(line) for line in out.split() if line.strip().isdigit()}
 
 
-def answer(url: str) -> str:
+def answer(url: str, model: str = MODEL) -> int:
+    """Tokens generated for a short greedy chat request."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=120)
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
+        model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
         temperature=0)
-    return reply.choices[0].message.content or ""
+    assert reply.usage is not None
+    return reply.usage.completion_tokens
 
 
 @pytest.mark.gpu(1)
 def test_the_engine_runs_on_the_gpu_in_half_precision(server: served.Served) -> None:
-    assert answer(server.url)
+    assert answer(server.url) > 0
     log = server.log.read_text(errors="replace")
     assert "dtype=torch.float16" in log, "the GPU default dtype is half, as in the example"
     tree = {p.pid for p in served.tree(server.process.pid)}
@@ -41,11 +46,18 @@ def test_the_engine_runs_on_the_gpu_in_half_precision(server: served.Served) -> 
 
 
 @pytest.mark.gpu(2)
-def test_two_gpus_shard_the_model_and_stop_with_no_process_left() -> None:
+def test_two_gpus_shard_the_model_and_stop_with_no_process_left(tmp_path: Path) -> None:
     """``LLM_GPU_COUNT=2``: BentoML gives the worker both GPUs (``CUDA_VISIBLE_DEVICES``) and
-    the engine shards over them (tensor parallel 2), NVLink multicast off."""
-    with served.serving("tp2", env={"LLM_GPU_COUNT": "2"}) as server:
-        assert answer(server.url)
+    the engine shards over them (tensor parallel 2), NVLink multicast off.
+
+    The model is the Llama 3.1 8B shape with random weights (``bench.dummy_model``): the
+    packaged SmolLM2 has 9 attention heads, which vLLM cannot split over 2 GPUs."""
+    folder = tmp_path / "llama8b-dummy"
+    write_dummy_model(folder, Path(ensure_packaged_model().path))
+    env = {"LLM_GPU_COUNT": "2", "LLM_MODEL_ID": str(folder),
+           "LLM_SERVED_MODEL_NAME": "llama8b-dummy", "LLM_ENGINE_ARGS": "--load-format dummy"}
+    with served.serving("tp2", env=env) as server:
+        assert answer(server.url, "llama8b-dummy") > 0
         log = server.log.read_text(errors="replace")
         assert "tensor_parallel_size=2" in log
         procs = served.tree(server.process.pid)
