@@ -263,7 +263,7 @@ def guarded(step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def gpu_name() -> str:
     out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
                           "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
-    return out.stdout.strip()
+    return out.stdout.strip()  # one line per GPU
 
 
 if __name__ == "__main__":
