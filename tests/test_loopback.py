@@ -97,3 +97,20 @@ def test_base_url_follows_the_served_address() -> None:
     assert base_url_for(("::1", 80)) == "http://[::1]:80/v1"
     with pytest.raises(ServiceUnavailable):
         base_url_for(None)
+
+
+def test_error_frame_before_the_first_chunk_is_503() -> None:
+    body = sse({"error": {"message": "engine died", "type": "x", "code": 500}})
+    with pytest.raises(ServiceUnavailable):
+        collect(lambda _: httpx.Response(200, content=body,
+                                         headers={"content-type": "text/event-stream"}))
+
+
+def test_usage_only_chunk_and_frames_without_content_are_skipped() -> None:
+    usage = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    body = (b": keep-alive comment\n\n" + sse(chunk("Ahoy"), chunk(" matey", "stop"), usage)
+            + sse("[DONE]"))
+    texts, _ = collect(lambda _: httpx.Response(200, content=body,
+                                                headers={"content-type": "text/event-stream"}))
+    assert texts == ["Ahoy", " matey"]

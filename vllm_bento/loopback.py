@@ -9,9 +9,11 @@ its chunked encoding, which clients report as an error (httpx ``RemoteProtocolEr
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from http import HTTPStatus
+from typing import Any
 
 import httpx2
 import openai
@@ -93,27 +95,32 @@ class LoopbackChat:
         started = False
         finish: str | None = None
         try:
-            chunks = await self.client(base_url).chat.completions.create(
+            # The SDK's raw stream: it still sends the request, maps error statuses to its
+            # exceptions and drops the connection when closed (vLLM then aborts the engine
+            # request), but each SSE frame is read with json.loads instead of becoming a
+            # pydantic model, the largest cost per token of /generate (py-spy, make bench-layer).
+            async with self.client(base_url).chat.completions.with_streaming_response.create(
                 model=self.model,
                 messages=[{"role": "user", "content": prompt}],
                 max_tokens=max_tokens,
                 temperature=self.temperature,
                 stream=True,
                 stream_options={"include_usage": True},  # token counts for the request log
-            )
-            try:
-                async for chunk in chunks:
-                    if not chunk.choices:
+            ) as response:
+                async for data in sse_data(response.iter_lines()):
+                    if "error" in data:
+                        raise openai.APIError(str(data["error"].get("message", data["error"])),
+                                              response.http_request, body=data)
+                    choice = (data.get("choices") or [None])[0]
+                    if choice is None:
                         continue
-                    finish = chunk.choices[0].finish_reason or finish
-                    if text := chunk.choices[0].delta.content:
+                    finish = choice.get("finish_reason") or finish
+                    if text := (choice.get("delta") or {}).get("content"):
                         started = True
                         yield text
-            finally:
-                # When our client goes away this generator is closed early: closing the inner
-                # stream drops its connection, which makes vLLM abort the engine request.
-                await chunks.close()
-        except openai.APIError as exc:  # the SDK wraps transport errors in APIConnectionError
+        # The SDK wraps errors of the request itself in APIConnectionError; a connection lost
+        # mid-stream surfaces as httpx's own error, a mangled frame as a JSON error.
+        except (openai.APIError, httpx2.HTTPError, json.JSONDecodeError) as exc:
             if started:
                 logger.exception("/generate stream cut off after it started")
                 raise StreamCutOff(str(exc)) from exc
@@ -125,3 +132,14 @@ class LoopbackChat:
             # e.g. "abort": the engine gave up on the request (shutdown, engine failure).
             logger.error("/generate ended with finish_reason=%s; cutting the stream off", finish)
             raise StreamCutOff(f"generation ended with finish_reason={finish}")
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an OpenAI stream's ``data:`` lines, up to ``data: [DONE]``."""
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        yield json.loads(payload)
