@@ -56,3 +56,30 @@ def test_readme_benchmark_ratios_are_the_committed_runs() -> None:
             assert value == pytest.approx(ratios[name][level], abs=0.005), (label, level)
     decode = ratios["batch-1 decode / bandwidth floor (service-chat)"]["one core"]
     assert rows["batch-1 decode / one-core bandwidth floor"][0] == pytest.approx(decode, abs=0.005)
+
+
+GPU_RESULT = RESULT.parent / "gpu-h200.json"
+GPU_ROWS = {  # README label → the GPU report's check name
+    "8B-class, output tok/s": "llama8b chat tok/s vs raw",
+    "8B-class, TTFT p50": "llama8b chat TTFT p50 vs raw",
+    "SmolLM2, output tok/s": "smollm2 chat tok/s vs raw",
+}
+
+
+def test_readme_gpu_ratios_are_the_committed_gpu_run() -> None:
+    from bench.gpu_report import checks
+
+    section = README.read_text().split("### On a GPU", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and re.fullmatch(r"[\d.]+", cells[1]):
+            rows[cells[0]] = [float(c) for c in cells[1:6]]
+    result = json.loads(GPU_RESULT.read_text())
+    found = {(c.name, c.level): c.ratio for c in checks(result)}
+    for label, name in GPU_ROWS.items():
+        for level, value in zip(("1", "16", "64", "256", "1024"), rows[label], strict=True):
+            assert value == pytest.approx(found[(name, level)], abs=0.005), (label, level)
+    refused = [found[(f"{m} chat requests refused (429)", lv)]
+               for m in ("llama8b", "smollm2") for lv in ("1", "16", "64", "256", "1024")]
+    assert rows["requests refused (429), both models"] == [0] * 5 and not any(refused)
