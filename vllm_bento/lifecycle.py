@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psutil
 
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 ENGINE_POLL_S = 0.2
 DEATH_EXIT_DELAY_S = 1.0  # lets requests in flight receive their error before the exit
 EXIT_CODE_ENGINE_DEAD = 3
+EXIT_CODE_ENGINE_START_FAILED = 4
+EXIT_CODE_ARBITER_GONE = 5
+ARBITER_POLL_S = 1.0
 
 SignalHandler = Callable[[int, FrameType | None], Any]
 
@@ -92,8 +95,25 @@ async def watch_engine(engine: EngineClient, state: Admission,
     exit_server(processes, EXIT_CODE_ENGINE_DEAD)
 
 
-def exit_server(processes: EngineProcesses, code: int) -> None:
-    """End this worker, its engine processes, and the BentoML arbiter that supervises it.
+async def watch_arbiter(state: Admission, processes: EngineProcesses) -> None:
+    """End this worker and its engine once the process that started it is gone.
+
+    BentoML's arbiter (``bentoml serve``) runs the worker in a session of its own, so when the
+    arbiter is SIGKILLed (an OOM killer, an impatient supervisor) nothing tells the worker: it
+    would keep the engine, the GPU memory and the port, and the supervisor's restart could not
+    bind. Orphaned, the worker is re-parented, which is what this polls for.
+    """
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(ARBITER_POLL_S)
+    logger.error("The BentoML arbiter (pid %d) is gone; stopping the engine and exiting", parent)
+    state.refuse("The server is stopping: its supervisor is gone.")
+    exit_server(processes, EXIT_CODE_ARBITER_GONE)
+
+
+def exit_server(processes: EngineProcesses, code: int) -> NoReturn:
+    """End this worker, its engine processes (noted or not: every descendant), and the BentoML
+    arbiter that supervises it.
 
     The arbiter (circus, the ``bentoml serve`` process) would otherwise start a new worker and
     exit 0 when stopped, hiding the failure from the outer supervisor; it is killed so that

@@ -41,7 +41,7 @@ class Runtime:
                                      self.admission.loopback_token)
         self.server: OpenAIServer | None = None
         self._stack = AsyncExitStack()
-        self._watchdog: asyncio.Task[None] | None = None
+        self._watchdogs: list[asyncio.Task[None]] = []
 
     @property
     def target(self) -> FastAPI | None:
@@ -56,23 +56,34 @@ class Runtime:
         lifecycle.install_drain_on_sigterm(self.admission, self.settings.shutdown_grace_s)
         cfg = engine_config(self.settings, hardware.detect())
         logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
-        self.server = await self._stack.enter_async_context(serve_openai(cfg, model_path))
+        try:
+            self.server = await self._stack.enter_async_context(serve_openai(cfg, model_path))
+        except Exception:
+            # BentoML's arbiter would start the worker again, and the engine would fail the
+            # same way, a full start each round, forever: end the whole server instead, with
+            # the root error as the last lines of its log.
+            logger.exception("The vLLM engine could not start; exiting (a restart would fail "
+                             "the same way)")
+            lifecycle.exit_server(self.processes, lifecycle.EXIT_CODE_ENGINE_START_FAILED)
         if self.admission.max_in_flight is None:
             seqs = max_num_seqs(self.server.engine)
             self.admission.max_in_flight = default_max_in_flight(seqs)
             logger.info("Admitting up to %d requests in flight (engine max_num_seqs %d)",
                         self.admission.max_in_flight, seqs)
         self.processes.note()
-        self._watchdog = asyncio.create_task(
-            lifecycle.watch_engine(self.server.engine, self.admission, self.processes))
+        self._watchdogs = [
+            asyncio.create_task(
+                lifecycle.watch_engine(self.server.engine, self.admission, self.processes)),
+            asyncio.create_task(lifecycle.watch_arbiter(self.admission, self.processes)),
+        ]
         self.admission.open()
 
     async def stop(self) -> None:
         """Refuse requests, stop the engine, close the loopback client, and end every engine
         process still running."""
         self.admission.stop()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        for watchdog in self._watchdogs:
+            watchdog.cancel()
         self.server = None
         await self.loopback.aclose()
         await self._stack.aclose()
