@@ -219,3 +219,22 @@ def test_a_receive_the_app_cancels_leaves_no_task_behind() -> None:
         return asyncio.all_tasks() - {asyncio.current_task()}
 
     assert asyncio.run(cancel_a_receive()) == set()
+
+
+@pytest.mark.parametrize("given", ["abc status=200 prompt_tokens=999999 path=/fake", "ïd-ü",
+                                   "x" * 129, ""])
+def test_an_unsafe_request_id_is_replaced_not_echoed(given: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="vllm_bento.access")
+    s = scope("/v1/x")
+    s["headers"].append((b"x-request-id", given.encode()))
+    sent = call(Gate(app_streaming([b"ok"]), open_state()), s)
+    echoed = dict(sent[0]["headers"])[b"x-request-id"].decode()
+    assert echoed != given and len(echoed) == 32  # a fresh uuid4 hex
+    assert "prompt_tokens=999999" not in caplog.text and f"request_id={echoed}" in caplog.text
+
+
+def test_a_safe_request_id_is_kept() -> None:
+    s = scope("/v1/x", {"X-Request-Id": "req-2026.11:30_abc"})
+    sent = call(Gate(app_streaming([b"ok"]), open_state()), s)
+    assert (b"x-request-id", b"req-2026.11:30_abc") in sent[0]["headers"]

@@ -272,3 +272,14 @@ def test_folder_without_config_json_is_refused(tmp_path: Path,
 def test_missing_model_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match=f"model folder {tmp_path / 'nope'} does not exist"):
         load_settings(model_id=str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("keys", ["clé-secrète", "two words", "a,b c", "key;x", "k€y"])
+def test_api_keys_outside_bearer_token_characters_are_refused(keys: str) -> None:
+    with pytest.raises(ValidationError, match="RFC 6750"):
+        load_settings(api_keys=keys)
+
+
+def test_api_keys_of_bearer_token_characters_are_accepted() -> None:
+    keys = "sk-abc_123.x~y+z/w==, other-key"
+    assert load_settings(api_keys=keys).api_key_list == ("sk-abc_123.x~y+z/w==", "other-key")

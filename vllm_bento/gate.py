@@ -44,6 +44,7 @@ logger = logging.getLogger("vllm_bento.access")
 
 LOOPBACK_HEADER = "x-vllm-bento-loopback"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TAIL_BYTES = 4096  # usage sits at the end of a response (last SSE chunk or JSON body)
 
 OPEN_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz",
@@ -63,6 +64,13 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def client_request_id(scope: Scope) -> str | None:
+    """The client's ``X-Request-Id`` if it is short and made of safe characters; anything else
+    could forge fields of the request log line or come back re-encoded, so it gets a new one."""
+    given = header(scope, b"x-request-id")
+    return given if given is not None and REQUEST_ID.fullmatch(given) else None
 
 
 def bearer(scope: Scope) -> str:
@@ -92,7 +100,7 @@ class Gate:
         if scope["type"] != "http" or not is_gated(scope["path"]):
             await self.app(scope, receive, send)
             return
-        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = client_request_id(scope) or uuid.uuid4().hex
         exchange = Exchange(scope, send, request_id)
         loopback = self._is_loopback(scope)
         refused = self._refusal(scope, loopback)

