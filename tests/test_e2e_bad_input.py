@@ -81,3 +81,12 @@ def test_server_still_answers_after_bad_input(server: Served,
     reply = openai_client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
     assert reply.choices[0].message.content
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/tokenize"])
+def test_json_nested_100000_deep_is_a_400_in_openai_shape(server: Served, path: str) -> None:
+    body = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(f"{server.url}{path}", content=body,
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert_openai_error(r, 400)
+    assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 200

@@ -38,3 +38,18 @@ def test_undecodable_body_is_a_400_in_openai_shape() -> None:
     r = client(forwarder).post("/v1/completions", content=b"\x10\x36\x1e\r\xff\xfe")
     assert r.status_code == 400
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_json_nested_too_deeply_is_a_400_in_openai_shape() -> None:
+    vllm_app = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])
+    body = b"[" * 100_000 + b"]" * 100_000
+    r = client(OpenAIMount(FakeRuntime(vllm_app))).post("/v1/chat/completions", content=body)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_bodies_with_many_brackets_but_shallow_reach_vllm() -> None:
+    vllm_app = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])
+    body = ("[" + ",".join(["{}"] * 2000) + "]").encode()
+    r = client(OpenAIMount(FakeRuntime(vllm_app))).post("/v1/chat/completions", content=body)
+    assert r.status_code == 200 and r.json()["body"] == body.decode()

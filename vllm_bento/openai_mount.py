@@ -10,6 +10,7 @@ operations reachable here (BentoML's ``/docs.json`` only describes its own route
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
@@ -51,9 +52,8 @@ class OpenAIMount:
             return
         if scope["type"] == "http" and scope.get("method") == "POST":
             body, receive = await buffered(receive)
-            if not is_utf8(body):
-                response = openai_error(400, "The request body is not UTF-8 encoded JSON.",
-                                        "invalid_request_error")
+            if (problem := body_problem(body)) is not None:
+                response = openai_error(400, problem, "invalid_request_error")
                 await response(scope, receive, send)
                 return
         # Starlette's Mount set root_path to ".../v1"; vLLM's routes carry the /v1 prefix
@@ -85,6 +85,26 @@ async def buffered(receive: Receive) -> tuple[bytes, Receive]:
         return await receive()
 
     return body, replay
+
+
+MAX_BRACKETS_UNCHECKED = 1000
+"""Bodies with fewer ``[`` and ``{`` than this cannot nest deeper than Python's JSON parser
+goes (its recursion limit, about 1000), so only bigger ones are parsed here first."""
+
+
+def body_problem(body: bytes) -> str | None:
+    """Why vLLM's app could not parse ``body`` and would answer outside the OpenAI shape
+    (FastAPI's ``{"detail": "There was an error parsing the body"}``), or None."""
+    if not is_utf8(body):
+        return "The request body is not UTF-8 encoded JSON."
+    if body.count(b"[") + body.count(b"{") >= MAX_BRACKETS_UNCHECKED:
+        try:
+            json.loads(body)
+        except RecursionError:
+            return "The request body's JSON is nested too deeply."
+        except ValueError:
+            return None  # vLLM's own validation answers malformed JSON in the OpenAI shape
+    return None
 
 
 def is_utf8(body: bytes) -> bool:
