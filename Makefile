@@ -8,7 +8,7 @@ REQUIREMENTS := requirements-cpu.txt requirements-nodeps.txt requirements-dev.tx
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install model serve test lint clean browser bench bench-quick
+.PHONY: install model serve test lint clean browser bench bench-quick bench-layer
 
 $(INSTALLED): $(REQUIREMENTS)
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: model $(BENCH_INSTALLED)  ## full run: bench/results/full.json, docs/benc
 
 bench-quick: model $(BENCH_INSTALLED)  ## smoke run of every path, a few minutes (bench/results/tmp)
 	$(PY) -m bench --quick
+
+bench-layer: model $(BENCH_INSTALLED)  ## the service's own layer vs a stand-in for vLLM, CPU, minutes
+	$(PY) -m bench.layer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/artifacts
