@@ -78,7 +78,9 @@ def test_openai_sdk_with_api_key(guarded: served.Served) -> None:
 
 def test_bentoml_client_with_token(guarded: served.Served) -> None:
     with bentoml.SyncHTTPClient(guarded.url, token=KEY, timeout=120) as c:
-        assert "".join(c.generate(max_tokens=128)).strip()
+        # A short answer: what is tested is the key, not whether 128 tokens fit in the time
+        # limit on a busy machine (seen: 8 tok/s, the default prompt ran past 20 s).
+        assert "".join(c.generate(prompt="Say hi.", max_tokens=128)).strip()
 
 
 # -- overload ---------------------------------------------------------------------------------
@@ -191,10 +193,10 @@ def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str
 def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
     results: dict[str, object] = {}
 
-    def short_request() -> None:  # finishes well within the grace period
+    def short_request() -> None:  # finishes well within the grace period, even at 5 tok/s
         try:
             results["short"] = client(guarded).chat.completions.create(
-                model=MODEL, messages=LONG_STORY, max_tokens=48, extra_body={"ignore_eos": True})
+                model=MODEL, messages=LONG_STORY, max_tokens=16, extra_body={"ignore_eos": True})
         except openai.APIError as exc:
             results["short"] = exc
 
