@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import time
 
 import psutil
@@ -24,16 +25,22 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in procs if running(p)]
 
 
-def processes_of(home: str) -> list[psutil.Process]:
-    """Processes started with ``BENTOML_HOME=home``: the arbiter, the worker, the engine."""
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("BENTOML_HOME") == home and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+def wait_noting_processes(server: served.Served, timeout: float) -> tuple[int, set[psutil.Process]]:
+    """Wait for ``server`` to exit; its exit code and every process seen in its tree meanwhile
+    (engine processes rename themselves, so they are found by ancestry, not by name or
+    environment).
+
+    Raises:
+        subprocess.TimeoutExpired: it did not exit within ``timeout`` seconds.
+    """
+    seen: set[psutil.Process] = set()
+    deadline = time.monotonic() + timeout
+    while server.process.poll() is None:
+        seen.update(served.tree(server.process.pid))
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(server.process.args, timeout)
+        time.sleep(0.2)
+    return server.process.returncode, seen
 
 
 @pytest.mark.parametrize(("name", "env", "last_error", "root_error"), [
@@ -47,11 +54,10 @@ def processes_of(home: str) -> list[psutil.Process]:
 ])
 def test_an_engine_that_cannot_start_ends_the_server_once(
         name: str, env: dict[str, str], last_error: str, root_error: str) -> None:
-    home = str(served.own_bentoml_home(name))
-    server = served.start(name, {**env, "BENTOML_HOME": home})
+    server = served.start(name, env)
     started = time.monotonic()
     try:
-        code = server.process.wait(timeout=EXIT_WITHIN_S)
+        code, procs = wait_noting_processes(server, EXIT_WITHIN_S)
     finally:
         served.stop(server)
     print(f"\n{name}: exit code {code} after {time.monotonic() - started:.0f} s")
@@ -60,15 +66,15 @@ def test_an_engine_that_cannot_start_ends_the_server_once(
     assert log.count("Running startup hook: start_engine") == 1, "the worker was restarted"
     assert log.count("The vLLM engine could not start") == 1 and root_error in log
     assert last_error in server.log_tail(3)
+    assert len(procs) >= 2  # the arbiter and its worker at least
     deadline = time.monotonic() + 15
-    while (left := processes_of(home)) and time.monotonic() < deadline:
+    while (left := alive(list(procs))) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, [(p.pid, p.name()) for p in left]
 
 
 def test_a_worker_whose_arbiter_is_killed_exits_with_its_engine() -> None:
-    home = str(served.own_bentoml_home("orphan"))
-    server = served.start("orphan", {"BENTOML_HOME": home})
+    server = served.start("orphan")
     procs: list[psutil.Process] = []
     try:
         served.wait_ready(server)
