@@ -95,7 +95,7 @@ async def watch_engine(engine: EngineClient, state: Admission,
     exit_server(processes, EXIT_CODE_ENGINE_DEAD)
 
 
-async def watch_arbiter(state: Admission, processes: EngineProcesses) -> None:
+async def watch_arbiter(processes: EngineProcesses) -> None:
     """End this worker and its engine once the process that started it is gone.
 
     BentoML's arbiter (``bentoml serve``) runs the worker in a session of its own, so when the
@@ -107,7 +107,6 @@ async def watch_arbiter(state: Admission, processes: EngineProcesses) -> None:
     while os.getppid() == parent:
         await asyncio.sleep(ARBITER_POLL_S)
     logger.error("The BentoML arbiter (pid %d) is gone; stopping the engine and exiting", parent)
-    state.refuse("The server is stopping: its supervisor is gone.")
     exit_server(processes, EXIT_CODE_ARBITER_GONE)
 
 

@@ -74,7 +74,7 @@ class Runtime:
         self._watchdogs = [
             asyncio.create_task(
                 lifecycle.watch_engine(self.server.engine, self.admission, self.processes)),
-            asyncio.create_task(lifecycle.watch_arbiter(self.admission, self.processes)),
+            asyncio.create_task(lifecycle.watch_arbiter(self.processes)),
         ]
         self.admission.open()
 
