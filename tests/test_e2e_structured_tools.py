@@ -175,3 +175,30 @@ def test_auto_tool_choice_parses_the_models_tool_call(openai_client: openai.Open
     streamed, finish = streamed_tool_calls(openai_client, tool_choice="auto", extra_body=forced)
     assert finish == "tool_calls" and [c["name"] for c in streamed.values()] == ["get_weather"]
     assert json.loads(streamed[0]["arguments"]) == json.loads(call.function.arguments)
+
+
+class Crate(BaseModel):
+    """A schema with a keyword xgrammar does not support (``multipleOf``)."""
+
+    bottles: Annotated[int, Field(multiple_of=5)]
+
+
+def test_constraints_the_backend_cannot_compile_are_400s_that_change_nothing_after(
+        openai_client: openai.OpenAI) -> None:
+    """One structured-output backend serves every request: a constraint it cannot compile is
+    refused with a 400 saying why, whatever was served before, and requests after it are served
+    as before (vLLM's ``auto`` backend locked in whichever backend the first request needed,
+    turning either these or the tool choices after them into 500s)."""
+    ask: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say foo."}]
+    with pytest.raises(openai.BadRequestError, match="regex"):
+        chat(openai_client, ask, max_tokens=8,
+             extra_body={"structured_outputs": {"regex": "foo**"}})
+    with pytest.raises(openai.BadRequestError, match="not supported by xgrammar"):
+        openai_client.chat.completions.parse(model=MODEL, messages=ask, max_tokens=16,
+                                             response_format=Crate)
+    required = chat(openai_client, WEATHER, tools=TOOLS, tool_choice="required")
+    assert required.choices[0].message.tool_calls
+    named = chat(openai_client, WEATHER, tools=TOOLS,
+                 tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert [c.function.name for c in named.choices[0].message.tool_calls or []] == ["get_time"]
+    test_sdk_parse_into_a_pydantic_model(openai_client)

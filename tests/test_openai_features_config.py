@@ -53,6 +53,22 @@ def test_no_parser_no_tool_flags() -> None:
     assert args.chat_template is None
 
 
+def test_one_structured_output_backend_serves_every_request() -> None:
+    """Pinned, not vLLM's per-request ``auto``: see test_e2e_structured_tools for why."""
+    args = parse_args(cli_args(CPU_CFG, "/m"))
+    assert args.structured_outputs_config.backend == "xgrammar"
+
+
+@pytest.mark.parametrize("flags", [
+    ("--structured-outputs-config", '{"backend": "guidance"}'),
+    ("--structured-outputs-config.backend=guidance",),
+    ("--structured_outputs_config.backend", "guidance"),
+])
+def test_operators_structured_outputs_config_replaces_the_default(flags: tuple[str, ...]) -> None:
+    args = parse_args(cli_args(replace(CPU_CFG, extra_args=flags), "/m"))
+    assert args.structured_outputs_config.backend == "guidance"
+
+
 def test_chat_template_file_and_inline_reach_vllm() -> None:
     args = parse_args(cli_args(replace(CPU_CFG, chat_template=str(TEMPLATE)), "/m"))
     assert args.chat_template == str(TEMPLATE)

@@ -16,6 +16,7 @@ from vllm_bento.packaged_model import ensure_packaged_model
 from vllm_bento.settings import EngineConfig, engine_config, load_settings
 from vllm_bento.vllm_entrypoints import (
     MANAGED_FLAGS,
+    STRUCTURED_OUTPUTS_DEFAULTS,
     VLLM_VERSION,
     EngineArgsError,
     _serve_parser,
@@ -114,11 +115,12 @@ def test_managed_flags_are_vllms() -> None:
 
 
 def test_every_flag_the_service_sets_is_refused_as_an_extra() -> None:
-    """So an extra flag can never override one of the service's (the later one would win)."""
+    """So an extra flag can never override one of the service's (the later one would win).
+    The structured-output defaults are the exception: an operator's own replace them."""
     full = dataclasses.replace(CPU_CFG, gpu_memory_utilization=0.9, tool_call_parser="hermes",
                                chat_template="{{ messages }}")
     for token in cli_args(full, "/models/x"):
-        if token.startswith("--"):
+        if token.startswith("--") and token not in STRUCTURED_OUTPUTS_DEFAULTS:
             with pytest.raises(EngineArgsError, match="is refused in engine_args"):
                 check_extra_args([token, "1"] if token != "--model" else [token, "m"])
 

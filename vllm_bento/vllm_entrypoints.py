@@ -77,6 +77,29 @@ MANAGED_FLAGS: dict[str, str] = {
 design, by the parser's ``dest``: refused in extra engine flags, with what to do instead."""
 
 
+STRUCTURED_OUTPUTS_FLAG = "--structured-outputs-config"
+STRUCTURED_OUTPUTS_DEFAULTS = (
+    # One backend for every request. vLLM's "auto" picks per request (xgrammar, else guidance
+    # or outlines) but its engine keeps the first backend it built: after one regex xgrammar
+    # rejects, every tool-choice request got a 500, and in the other order the regex did.
+    # Pinned, a constraint xgrammar cannot compile is a 400 saying so, and nothing a request
+    # sends changes how the next is served. xgrammar, because it is the one that compiles the
+    # tool-call grammars (named and "required" tool choices).
+    f"{STRUCTURED_OUTPUTS_FLAG}.backend", "xgrammar",
+)
+"""The service's structured-output settings, used unless ``LLM_ENGINE_ARGS`` sets
+``--structured-outputs-config`` (in any form), which then replaces them whole."""
+
+
+def flag_name(token: str) -> str | None:
+    """The long option a ``vllm serve`` token names, normalised the way vLLM's parser reads it
+    (``--max_num_seqs=3`` and ``--max-num-seqs`` both give ``--max-num-seqs``;
+    ``--compilation-config.mode`` gives ``--compilation-config``), or None for other tokens."""
+    if not token.startswith("--"):
+        return None
+    return "--" + token.split("=", 1)[0][2:].split(".", 1)[0].replace("_", "-")
+
+
 @dataclass
 class OpenAIServer:
     """A running engine and vLLM's own FastAPI app serving it (OpenAI routes under ``/v1``)."""
@@ -126,6 +149,8 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_call_parser]
     if cfg.chat_template:
         argv += ["--chat-template", cfg.chat_template]
+    if not any(flag_name(token) == STRUCTURED_OUTPUTS_FLAG for token in cfg.extra_args):
+        argv += STRUCTURED_OUTPUTS_DEFAULTS
     # The operator's own flags (LLM_ENGINE_ARGS), checked by check_extra_args when the settings
     # loaded: none of them repeats a flag above.
     argv += cfg.extra_args
@@ -182,10 +207,8 @@ def _option_action(parser: ArgumentParser, token: str) -> Action | None:
     (``--max_num_seqs``, ``--max-num-seqs=3``, ``--compilation-config.mode``, ``-tp``, ``-O3``)."""
     if not token.startswith("-"):
         return None
-    name = token.split("=", 1)[0]
-    if name.startswith("--"):
-        name = "--" + name[2:].split(".", 1)[0].replace("_", "-")
-    elif name.startswith("-O") and name != "-O":
+    name = flag_name(token) or token.split("=", 1)[0]
+    if name.startswith("-O") and name != "-O":
         name = "--optimization-level"
     return parser._option_string_actions.get(name)
 
