@@ -9,6 +9,7 @@ from typing import Any
 @dataclass
 class FakeRuntime:
     """What the forwarder reads of ``vllm_bento.runtime.Runtime``: the app to forward to
-    (None: no engine)."""
+    (None: no engine), and the model's control tokens."""
 
     target: Any = None
+    control_tokens: Any = None

@@ -2,7 +2,8 @@
 engine is up, and answers 503 in the OpenAI error shape before that and after shutdown.
 
 Bodies that are not UTF-8 get a 400 in the OpenAI shape here: vLLM's app would answer FastAPI's
-``{"detail": "There was an error parsing the body"}`` (schemathesis found it).
+``{"detail": "There was an error parsing the body"}`` (schemathesis found it). Chat messages
+have the model's control tokens defused here (``vllm_bento.control_tokens``).
 
 It also serves ``/v1/openapi.json``: vLLM's own OpenAPI document, cut down to the ``/v1``
 operations reachable here (BentoML's ``/docs.json`` only describes its own routes).
@@ -50,31 +51,40 @@ class OpenAIMount:
         if scope["type"] == "http" and scope["path"] == OPENAPI_PATH:
             await JSONResponse(v1_openapi(target))(scope, receive, send)
             return
-        if scope["type"] == "http" and scope.get("method") == "POST":
-            body, receive = await buffered(receive)
-            if (problem := body_problem(body)) is not None:
-                response = openai_error(400, problem, "invalid_request_error")
-                await response(scope, receive, send)
-                return
         # Starlette's Mount set root_path to ".../v1"; vLLM's routes carry the /v1 prefix
         # themselves, so give vLLM the path as the client sent it.
         child = dict(scope)
         child["root_path"] = scope.get("app_root_path", "")
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            body = await read_body(receive)
+            if body is not None:
+                if (problem := body_problem(body)) is not None:
+                    response = openai_error(400, problem, "invalid_request_error")
+                    await response(scope, receive, send)
+                    return
+                tokens = self.runtime.control_tokens
+                if tokens is not None and (defused := tokens.defuse_body(body)) is not None:
+                    body = defused
+                    child["headers"] = with_content_length(scope["headers"], len(body))
+                receive = replaying(body, receive)
         await target(child, receive, send)
 
 
-async def buffered(receive: Receive) -> tuple[bytes, Receive]:
-    """Read the whole request body; return it and a receive channel that replays it first and
-    then carries on with the real one (so disconnects are still seen)."""
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client left before sending it all."""
     chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"", receive  # the client left; let the app see it
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
+            return b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that gives ``body`` first and then carries on with ``receive`` (so
+    disconnects are still seen)."""
     replayed = False
 
     async def replay() -> Message:
@@ -84,7 +94,14 @@ async def buffered(receive: Receive) -> tuple[bytes, Receive]:
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return body, replay
+    return replay
+
+
+def with_content_length(headers: list[tuple[bytes, bytes]],
+                        length: int) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``content-length`` set to ``length``."""
+    kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    return [*kept, (b"content-length", str(length).encode())]
 
 
 MAX_BRACKETS_UNCHECKED = 1000

@@ -22,6 +22,8 @@ from vllm_bento.vllm_entrypoints import OpenAIServer, max_num_seqs, serve_openai
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from vllm_bento.control_tokens import ControlTokens
+
 logger = logging.getLogger(__name__)
 
 
@@ -47,6 +49,12 @@ class Runtime:
     def target(self) -> FastAPI | None:
         """vLLM's OpenAI app while the engine runs, else None."""
         return None if self.server is None else self.server.app
+
+    @property
+    def control_tokens(self) -> ControlTokens | None:
+        """The running model's control tokens, kept out of chat messages; None without an
+        engine."""
+        return None if self.server is None else self.server.control_tokens
 
     async def start(self, model_path: str) -> None:
         """Start the engine on ``model_path``, size admission from it, and open the gate.

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+from vllm_bento.control_tokens import ControlTokens
 from vllm_bento.settings import EngineConfig
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class OpenAIServer:
 
     engine: EngineClient
     app: FastAPI
+    control_tokens: ControlTokens
 
 
 def installed_vllm_version() -> str:
@@ -265,7 +267,21 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
         # A mounted app's lifespan is not run by its host; run it here for vLLM's periodic
         # engine stats logging.
         await stack.enter_async_context(app.router.lifespan_context(app))
-        yield OpenAIServer(engine=engine, app=app)
+        yield OpenAIServer(engine=engine, app=app,
+                           control_tokens=ControlTokens(special_tokens(engine)))
+
+
+def special_tokens(engine: EngineClient) -> list[str]:
+    """The engine tokenizer's special tokens as text: every added token marked special (Llama
+    3's header and reserved tokens are, yet are missing from ``all_special_tokens``), else
+    ``all_special_tokens``; none when the engine runs without a tokenizer."""
+    tokenizer = engine.renderer.tokenizer
+    if tokenizer is None:
+        return []
+    added = getattr(tokenizer, "added_tokens_decoder", None)
+    if added:
+        return [token.content for token in added.values() if token.special]
+    return list(tokenizer.all_special_tokens)
 
 
 def max_num_seqs(engine: EngineClient) -> int:

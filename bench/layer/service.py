@@ -16,12 +16,20 @@ from typing import TYPE_CHECKING, cast
 
 from bench.layer.standin import app as standin_app
 from vllm_bento import vllm_entrypoints
+from vllm_bento.control_tokens import ControlTokens
 from vllm_bento.settings import EngineConfig
 
 if TYPE_CHECKING:
     from vllm.engine.protocol import EngineClient
 
 MAX_NUM_SEQS = 256  # vLLM's default; the service sizes its admission cap from it
+# The packaged model's special tokens (its tokenizer.json), so each chat request pays the
+# control-token check it pays in the service.
+PACKAGED_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>",
+    "<filename>", "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>",
+    "<jupyter_start>", "<jupyter_text>", "<jupyter_code>", "<jupyter_output>",
+    "<jupyter_script>", "<empty_output>")
 
 
 class FakeEngine:
@@ -37,7 +45,8 @@ async def serve_standin(cfg: EngineConfig,
                         model_path: str) -> AsyncIterator[vllm_entrypoints.OpenAIServer]:
     """``serve_openai``'s replacement: the stand-in app, no engine."""
     yield vllm_entrypoints.OpenAIServer(engine=cast("EngineClient", FakeEngine()),
-                                        app=standin_app)
+                                        app=standin_app,
+                                        control_tokens=ControlTokens(PACKAGED_SPECIAL_TOKENS))
 
 
 def swap() -> None:
