@@ -38,6 +38,7 @@ def test_resources_follow_gpu_settings() -> None:
 
 def test_model_folder_is_served_from_disk_and_needs_no_token(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
     settings = load_settings(model_id=str(tmp_path))
     ref = bento_spec.model_ref(settings)
     # service.py serves str(getattr(model, "path", model)): the folder itself.

@@ -5,20 +5,25 @@ engine and exits instead of holding the port and the memory as an orphan."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from tests import served
-from vllm_bento.lifecycle import running
+from vllm_bento.lifecycle import is_resource_tracker, running
+from vllm_bento.packaged_model import ensure_packaged_model
+from vllm_bento.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXIT_WITHIN_S = 240.0  # imports and a model load on a busy 2-core machine, then the failure
+GRACE_S = Settings.model_fields["shutdown_grace_s"].default
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -71,6 +76,51 @@ def test_an_engine_that_cannot_start_ends_the_server_once(
     while (left := alive(list(procs))) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, [(p.pid, p.name()) for p in left]
+
+
+def test_sigterm_while_the_engine_starts_is_a_clean_stop() -> None:
+    """The supervisor's SIGTERM also ends the engine processes' start (circus signals the
+    worker's children): that is a stop, not an engine failure, so `bentoml serve` exits 0
+    within the grace period, as any stop does, leaving no process."""
+    server = served.start("sigterm-starting")
+    procs: set[psutil.Process] = set()
+    try:
+        deadline = time.monotonic() + EXIT_WITHIN_S
+        while len(procs) < 3 and time.monotonic() < deadline:  # arbiter, worker, engine core
+            procs.update(p for p in served.tree(server.process.pid)
+                         if not is_resource_tracker(p))
+            time.sleep(0.2)
+        time.sleep(2)  # into the engine's start (it loads the model next)
+        assert "Starting vLLM for" in server.log.read_text(errors="replace")
+        assert "Application startup complete" not in server.log.read_text(errors="replace")
+        server.process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        code, seen = wait_noting_processes(server, GRACE_S + 15)
+        gone_after = time.monotonic() - stopped
+        procs.update(seen)
+        while (left := alive(list(procs))) and time.monotonic() - stopped < GRACE_S + 15:
+            time.sleep(0.2)
+    finally:
+        served.stop(server)
+    print(f"\nstopped while starting: exit code {code} after {gone_after:.1f} s")
+    log = server.log.read_text(errors="replace")
+    assert code == 0, server.log_tail(20)
+    assert "Stopped while the vLLM engine was starting" in log
+    assert "could not start" not in log
+    assert not left, [(p.pid, p.name()) for p in left]
+
+
+def test_a_model_folder_without_weights_is_refused_before_any_engine_starts(
+        tmp_path: Path) -> None:
+    shutil.copy(Path(ensure_packaged_model().path) / "config.json", tmp_path)
+    server = served.start("no-weights", {"LLM_MODEL_ID": str(tmp_path)})
+    try:
+        code, _ = wait_noting_processes(server, 60)
+    finally:
+        served.stop(server)
+    assert code != 0
+    assert "has no weights" in server.log_tail(5)
+    assert "start_engine" not in server.log.read_text(errors="replace")
 
 
 def test_a_worker_whose_arbiter_is_killed_exits_with_its_engine() -> None:

@@ -214,9 +214,11 @@ def test_engine_flags_from_a_build_argument_are_checked_too() -> None:
         load_settings()
 
 
-def hf_folder(path: Path) -> Path:
+def hf_folder(path: Path, weights: str | None = "model.safetensors") -> Path:
     path.mkdir(parents=True)
     (path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    if weights:
+        (path / weights).write_bytes(b"")
     return path
 
 
@@ -267,6 +269,29 @@ def test_folder_without_config_json_is_refused(tmp_path: Path,
     monkeypatch.setenv("LLM_MODEL_ID", str(tmp_path))
     with pytest.raises(ValidationError, match="has no config.json: not a Hugging Face model"):
         load_settings()
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin", "model.pt"])
+def test_folder_with_weights_vllm_loads_by_default_is_accepted(tmp_path: Path,
+                                                               weights: str) -> None:
+    folder = hf_folder(tmp_path / "m", weights)
+    assert load_settings(model_id=str(folder)).model_folder == folder
+
+
+def test_folder_without_weights_is_refused_before_the_engine_starts(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "config-only", weights=None)
+    with pytest.raises(ValidationError, match="has no weights .* --load-format dummy"):
+        load_settings(model_id=str(folder))
+    with pytest.raises(ValidationError, match="has no weights"):
+        load_settings(model_id=str(folder), engine_args="--load-format safetensors")
+
+
+@pytest.mark.parametrize("engine_args", ["--load-format dummy", "--load_format=dummy",
+                                         "--max-num-seqs 4 --load-format=tensorizer"])
+def test_folder_without_weights_is_served_when_loaded_another_way(tmp_path: Path,
+                                                                  engine_args: str) -> None:
+    folder = hf_folder(tmp_path / "config-only", weights=None)
+    assert load_settings(model_id=str(folder), engine_args=engine_args).model_folder == folder
 
 
 def test_missing_model_folder_is_refused(tmp_path: Path) -> None:

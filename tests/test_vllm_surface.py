@@ -137,7 +137,9 @@ def test_vllm_loads_the_dummy_llama_config(tmp_path: Path) -> None:
 
     packaged = Path(ensure_packaged_model().path)
     config = dummy_model.write_dummy_model(tmp_path / "llama-8b-dummy", packaged)
-    assert load_settings(model_id=str(tmp_path / "llama-8b-dummy")).served_name == "llama-8b-dummy"
+    settings = load_settings(model_id=str(tmp_path / "llama-8b-dummy"),
+                             engine_args="--load-format dummy")
+    assert settings.served_name == "llama-8b-dummy"
     model = EngineArgs(model=str(tmp_path / "llama-8b-dummy"), load_format="dummy",
                        max_model_len=2048).create_model_config()
     hf = model.hf_config

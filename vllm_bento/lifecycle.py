@@ -165,6 +165,7 @@ def install_drain_on_sigterm(state: Admission, grace_s: float) -> None:
         return
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        state.stop_requested = True
         loop.call_soon_threadsafe(
             lambda: loop.create_task(drain(state, grace_s, lambda: uvicorn_handler(signum, frame)))
         )

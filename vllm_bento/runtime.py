@@ -59,7 +59,9 @@ class Runtime:
     async def start(self, model_path: str) -> None:
         """Start the engine on ``model_path``, size admission from it, and open the gate.
 
-        Raises whatever vLLM raises when the engine cannot start.
+        An engine that cannot start ends the whole server (exit code
+        ``lifecycle.EXIT_CODE_ENGINE_START_FAILED``); one stopped by SIGTERM while starting
+        returns with no engine, and the shutdown already under way stops the rest.
         """
         lifecycle.install_drain_on_sigterm(self.admission, self.settings.shutdown_grace_s)
         cfg = engine_config(self.settings, hardware.detect())
@@ -67,6 +69,14 @@ class Runtime:
         try:
             self.server = await self._stack.enter_async_context(serve_openai(cfg, model_path))
         except Exception:
+            if self.admission.stop_requested:
+                # The supervisor's SIGTERM reached the engine processes too (circus signals
+                # the worker's children), ending their start: a stop, not a failure. The
+                # drain already scheduled then hands over to uvicorn's shutdown, which runs
+                # stop().
+                logger.info("Stopped while the vLLM engine was starting")
+                self.processes.note()  # so stop() ends any that outlived the start
+                return
             # BentoML's arbiter would start the worker again, and the engine would fail the
             # same way, a full start each round, forever: end the whole server instead, with
             # the root error as the last lines of its log.

@@ -39,6 +39,11 @@ MODEL_FOLDER_PREFIXES = ("/", "./", "../", "~")
 """How a model id that is a folder on disk starts; anything else is a Hugging Face id."""
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+"""Weight files vLLM's default load formats read from a model folder."""
+DEFAULT_LOAD_FORMATS = ("auto", "safetensors", "pt")
+
+
 def is_model_folder(model_id: str) -> bool:
     """Whether ``model_id`` names a folder on disk rather than a Hugging Face model."""
     return model_id.startswith(MODEL_FOLDER_PREFIXES)
@@ -170,6 +175,29 @@ class Settings(BaseSettings):
 
             check_extra_args(extra)
         return engine_args
+
+    @model_validator(mode="after")
+    def _model_folder_holds_weights(self) -> Settings:
+        """A model folder needs weights in a format vLLM loads by default, unless the engine
+        is told to load them another way (``--load-format dummy`` for a benchmark's
+        config-only folder, ``tensorizer``, ...).
+
+        Raises:
+            ValueError: the folder has no ``*.safetensors``, ``*.bin`` or ``*.pt`` file.
+        """
+        folder = self.model_folder
+        if folder is None:
+            return self
+        from vllm_bento.vllm_entrypoints import flag_value
+
+        load_format = flag_value(self.engine_arg_list, "--load-format") or "auto"
+        if load_format in DEFAULT_LOAD_FORMATS and not any(
+                next(folder.glob(pattern), None) for pattern in WEIGHT_FILES):
+            raise ValueError(
+                f"model folder {folder} has no weights ({', '.join(WEIGHT_FILES)}); for a "
+                "folder with only a config, pass --load-format dummy in engine_args "
+                "(random weights, for benchmarks)")
+        return self
 
     @model_validator(mode="after")
     def _max_tokens_fit_context(self) -> Settings:

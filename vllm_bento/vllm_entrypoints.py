@@ -101,6 +101,19 @@ def flag_name(token: str) -> str | None:
     return "--" + token.split("=", 1)[0][2:].split(".", 1)[0].replace("_", "-")
 
 
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value ``argv`` gives the long option ``flag`` (its last, as argparse keeps), in
+    either spelling (``--load-format dummy``, ``--load_format=dummy``), or None."""
+    value = None
+    for i, token in enumerate(argv):
+        if flag_name(token) == flag and "." not in token.split("=", 1)[0]:
+            if "=" in token:
+                value = token.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                value = argv[i + 1]
+    return value
+
+
 @dataclass
 class OpenAIServer:
     """A running engine and vLLM's own FastAPI app serving it (OpenAI routes under ``/v1``)."""
