@@ -96,7 +96,11 @@ class VLLM:
     ) -> AsyncGenerator[str, None]:
         """Stream the model's answer to `prompt`, up to `max_tokens` tokens."""
         base_url = base_url_for(ctx.request.scope.get("server"))
-        async for text in self.runtime.loopback.stream(base_url, prompt, max_tokens):
+        # The gate gave every request an id: the inner call carries it, so both log lines
+        # and vLLM's request share it.
+        request_id = ctx.request.headers.get("x-request-id")
+        async for text in self.runtime.loopback.stream(base_url, prompt, max_tokens,
+                                                       request_id=request_id):
             yield text
 
 

@@ -106,3 +106,35 @@ def test_control_tokens_typed_in_a_message_stay_text(
     assert reply.usage is not None and reply.usage.prompt_tokens == len(injected)
     raw = post(server, "/tokenize", {"model": MODEL, "prompt": INJECTION})["tokens"]
     assert raw.count(turn_start) == 2
+
+
+def logged(server: Served, request_id: str, timeout: float = 10.0) -> list[str]:
+    """The server's request log lines for ``request_id`` (written as each response ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in server.log.read_text(errors="replace").splitlines()
+                 if f"request_id={request_id} " in line]
+        if len(lines) >= 2 or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
+def test_one_request_id_names_the_request_everywhere(server: Served,
+                                                     openai_client: openai.OpenAI) -> None:
+    """The gate's request id (the client's ``X-Request-Id`` when safe, else a new one) is the
+    id vLLM gives the request, and ``/generate``'s inner call carries its outer request's."""
+    ask: dict[str, Any] = {"model": MODEL, "messages": HELLO, "max_tokens": 2}
+    given = openai_client.chat.completions.with_raw_response.create(
+        **ask, extra_headers={"X-Request-Id": "trace-abc-1"})
+    assert given.headers["x-request-id"] == "trace-abc-1"
+    assert given.parse().id == "chatcmpl-trace-abc-1"
+    fresh = openai_client.chat.completions.with_raw_response.create(**ask)
+    assert fresh.parse().id == f"chatcmpl-{fresh.headers['x-request-id']}"
+
+    response = httpx.post(f"{server.url}/generate", json={"prompt": "Hi", "max_tokens": 128},
+                          headers={"X-Request-Id": "trace-gen-1"}, timeout=300)
+    assert response.status_code == 200
+    lines = logged(server, "trace-gen-1")
+    assert any("path=/generate " in line and "loopback=0" in line for line in lines), lines
+    assert any("path=/v1/chat/completions " in line and "loopback=1" in line
+               for line in lines), lines

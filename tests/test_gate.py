@@ -238,3 +238,20 @@ def test_a_safe_request_id_is_kept() -> None:
     s = scope("/v1/x", {"X-Request-Id": "req-2026.11:30_abc"})
     sent = call(Gate(app_streaming([b"ok"]), open_state()), s)
     assert (b"x-request-id", b"req-2026.11:30_abc") in sent[0]["headers"]
+
+
+@pytest.mark.parametrize("given", [None, "abc status=200 path=/fake", "req-7"])
+def test_the_app_sees_the_request_id_the_gate_logs(given: str | None) -> None:
+    """vLLM names its request after ``X-Request-Id``: it must be the gate's id, and the only
+    one (a replaced unsafe id must not reach the app)."""
+    seen: list[list[bytes]] = []
+
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        seen.append([v for k, v in s["headers"] if k == b"x-request-id"])
+        await app_streaming([b"ok"])(s, receive, send)
+
+    s = scope("/v1/x", {"X-Request-Id": given} if given else None)
+    sent = call(Gate(app, open_state()), s)
+    assert seen == [[dict(sent[0]["headers"])[b"x-request-id"]]]
+    if given == "req-7":
+        assert seen == [[b"req-7"]]

@@ -114,3 +114,22 @@ def test_usage_only_chunk_and_frames_without_content_are_skipped() -> None:
     texts, _ = collect(lambda _: httpx.Response(200, content=body,
                                                 headers={"content-type": "text/event-stream"}))
     assert texts == ["Ahoy", " matey"]
+
+
+def test_the_inner_call_carries_the_outer_request_id() -> None:
+    ids: list[str | None] = []
+    body = sse(chunk("Ahoy", "stop"), "[DONE]")
+
+    def record(request: httpx.Request) -> httpx.Response:
+        ids.append(request.headers.get("x-request-id"))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    chat = LoopbackChat("m", temperature=0.0, loopback_token="t",
+                        http_client=httpx.AsyncClient(transport=httpx.MockTransport(record)))
+
+    async def run(request_id: str | None) -> list[str]:
+        return [t async for t in chat.stream(BASE, "hi", 128, request_id=request_id)]
+
+    assert asyncio.run(run("outer-1")) == ["Ahoy"]
+    asyncio.run(run(None))
+    assert ids == ["outer-1", None]

@@ -73,6 +73,15 @@ def client_request_id(scope: Scope) -> str | None:
     return given if given is not None and REQUEST_ID.fullmatch(given) else None
 
 
+def with_request_id(scope: Scope, request_id: str) -> Scope:
+    """``scope`` with ``X-Request-Id: request_id`` in place of any the client sent: vLLM takes
+    its request id from that header (``chatcmpl-<id>``), so one id finds a request in the
+    service's log, vLLM's log and a trace, and ``/generate`` hands it to its inner call."""
+    headers = [(k, v) for k, v in scope.get("headers", []) if k != b"x-request-id"]
+    headers.append((b"x-request-id", request_id.encode()))
+    return {**scope, "headers": headers}
+
+
 def bearer(scope: Scope) -> str:
     auth = header(scope, b"authorization") or ""
     scheme, _, token = auth.partition(" ")
@@ -100,7 +109,10 @@ class Gate:
         if scope["type"] != "http" or not is_gated(scope["path"]):
             await self.app(scope, receive, send)
             return
-        request_id = client_request_id(scope) or uuid.uuid4().hex
+        request_id = client_request_id(scope)
+        if request_id is None:
+            request_id = uuid.uuid4().hex
+            scope = with_request_id(scope, request_id)
         exchange = Exchange(scope, send, request_id)
         loopback = self._is_loopback(scope)
         refused = self._refusal(scope, loopback)

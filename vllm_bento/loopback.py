@@ -85,8 +85,10 @@ class LoopbackChat:
             await self._client.close()
             self._client = None
 
-    async def stream(self, base_url: str, prompt: str, max_tokens: int) -> AsyncIterator[str]:
-        """Yield the answer's text as it is generated.
+    async def stream(self, base_url: str, prompt: str, max_tokens: int,
+                     request_id: str | None = None) -> AsyncIterator[str]:
+        """Yield the answer's text as it is generated; the chat request carries ``request_id``
+        as its ``X-Request-Id`` when given.
 
         Raises:
             BentoMLException: before the first chunk, with the status to answer with.
@@ -106,6 +108,7 @@ class LoopbackChat:
                 temperature=self.temperature,
                 stream=True,
                 stream_options={"include_usage": True},  # token counts for the request log
+                extra_headers={"X-Request-Id": request_id} if request_id else None,
             ) as response:
                 async for data in sse_data(response.iter_lines()):
                     if "error" in data:
