@@ -187,3 +187,29 @@ def test_model_output_is_shown_as_text_not_markup(page: Page) -> None:
     send(page, "Hello")
     expect(page.locator(".msg.assistant")).to_have_text("<img src=x onerror=alert(1)><b>bold</b>")
     expect(page.locator(".msg.assistant img")).to_have_count(0)
+
+
+def thought(text: str, field: str = "reasoning") -> dict[str, object]:
+    return {"object": "chat.completion.chunk", "model": MODEL,
+            "choices": [{"index": 0, "delta": {field: text}, "finish_reason": None}]}
+
+
+def test_reasoning_is_shown_collapsed_apart_from_the_answer(page: Page) -> None:
+    """vLLM sends a reasoning model's thinking as ``reasoning`` deltas (``reasoning_content``
+    before 0.13) when it runs a reasoning parser; only the answer goes back with the history."""
+    seen = open_chat(page, stream(sse(thought("Two and "), thought("two.", "reasoning_content"),
+                                      delta("It is "), delta("<b>4</b>."))))
+    send(page, "What is 2+2?")
+    message = page.locator(".msg.assistant")
+    expect(message.locator(".answer")).to_have_text("It is <b>4</b>.")
+    reasoning = message.locator("details.reasoning")
+    expect(reasoning).not_to_have_attribute("open", "")
+    expect(reasoning.locator("summary")).to_have_text("Reasoning")
+    expect(reasoning.locator("div")).to_be_hidden()
+    reasoning.locator("summary").click()
+    expect(reasoning.locator("div")).to_have_text("Two and two.")
+    expect(message.locator("b")).to_have_count(0)
+    send(page, "Thanks")
+    expect(page.locator(".msg.assistant")).to_have_count(2)
+    assert json_sent(seen[1].request)["messages"][1] == {"role": "assistant",
+                                                         "content": "It is <b>4</b>."}
