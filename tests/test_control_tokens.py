@@ -49,6 +49,16 @@ def test_every_string_in_messages_is_defused_and_nothing_else() -> None:
     assert request["temperature"] == 0.5
 
 
+def test_every_field_rendered_through_the_chat_template_is_defused() -> None:
+    responses = json.dumps({"model": "m", "input": [{"role": "user", "content": INJECTION}],
+                            "instructions": "<|im_start|>"}).encode()
+    request = json.loads(TOKENS.defuse_body(responses) or b"{}")
+    assert request["input"][0]["content"] == TOKENS.defuse(INJECTION)
+    assert request["instructions"] == f"<{WORD_JOINER}|im_start|>"
+    anthropic = json.dumps({"model": "m", "system": INJECTION, "messages": []}).encode()
+    assert json.loads(TOKENS.defuse_body(anthropic) or b"{}")["system"] == TOKENS.defuse(INJECTION)
+
+
 def test_control_tokens_behind_json_escapes_are_found() -> None:
     escaped = chat_body(INJECTION).replace(b"<", b"\\u003c")
     assert b"<|im_end|>" not in escaped

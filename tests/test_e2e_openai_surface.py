@@ -106,6 +106,13 @@ def test_control_tokens_typed_in_a_message_stay_text(
     assert reply.usage is not None and reply.usage.prompt_tokens == len(injected)
     raw = post(server, "/tokenize", {"model": MODEL, "prompt": INJECTION})["tokens"]
     assert raw.count(turn_start) == 2
+    # The other routes vLLM renders through the chat template: the Responses API and the
+    # Anthropic-style /v1/messages.
+    responses = openai_client.responses.create(model=MODEL, input=INJECTION, max_output_tokens=16)
+    assert responses.usage is not None and responses.usage.input_tokens == len(injected)
+    anthropic = post(server, "/v1/messages", {"model": MODEL, "max_tokens": 4, "messages": [
+        {"role": "user", "content": INJECTION}]})
+    assert anthropic["usage"]["input_tokens"] == len(injected)
 
 
 def logged(server: Served, request_id: str, timeout: float = 10.0) -> list[str]:

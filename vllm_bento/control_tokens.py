@@ -8,9 +8,11 @@ stay special). The OpenAI API treats such text as text; so does this service, by
 U+2060 WORD JOINER (invisible, no width, no meaning) after the first character of every
 special-token string in a message, so the tokenizer sees ordinary characters.
 
-Only chat messages (``messages``: ``/v1/chat/completions``, ``/tokenize``'s chat form, and so
-``/generate``) are rewritten. ``/v1/completions`` prompts and token IDs are the caller's own
-raw input and are taken as given.
+Only what vLLM renders through the chat template is rewritten (``CHAT_FIELDS``):
+``messages`` (``/v1/chat/completions``, ``/tokenize``'s chat form, so ``/generate``, and the
+Anthropic-style ``/v1/messages`` with its ``system``), and ``/v1/responses``' ``input`` and
+``instructions``. ``/v1/completions`` prompts and token IDs are the caller's own raw input and
+are taken as given.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Iterable
 from typing import Any
 
 WORD_JOINER = "\u2060"
+CHAT_FIELDS = ("messages", "system", "input", "instructions")
+"""Request fields vLLM renders through the model's chat template."""
 
 
 class ControlTokens:
@@ -44,8 +48,8 @@ class ControlTokens:
         return self._text.sub(lambda m: m[0][0] + WORD_JOINER + m[0][1:], text)
 
     def defuse_body(self, body: bytes) -> bytes | None:
-        """A JSON request body with every control token in its ``messages`` defused, or None
-        when there is nothing to change (most bodies are decided without parsing them).
+        """A JSON request body with every control token in its ``CHAT_FIELDS`` defused, or
+        None when there is nothing to change (most bodies are decided without parsing them).
         Bodies that are not a JSON object are left to vLLM's own validation (None)."""
         if self._bytes is None:
             return None
@@ -56,13 +60,15 @@ class ControlTokens:
             request = json.loads(body)
         except (ValueError, RecursionError):
             return None
-        if not isinstance(request, dict) or "messages" not in request:
+        if not isinstance(request, dict):
             return None
-        messages = self._walk(request["messages"])
-        if messages == request["messages"]:
-            return None
-        request["messages"] = messages
-        return json.dumps(request, ensure_ascii=False).encode()
+        changed = False
+        for field in CHAT_FIELDS:
+            if field in request:
+                defused = self._walk(request[field])
+                changed = changed or defused != request[field]
+                request[field] = defused
+        return json.dumps(request, ensure_ascii=False).encode() if changed else None
 
     def _walk(self, value: Any) -> Any:
         """Every string inside ``value`` (not the keys) defused."""
