@@ -57,7 +57,12 @@ def client(server: served.Served, key: str = KEY) -> openai.OpenAI:
 def test_model_routes_need_a_valid_key(guarded: served.Served, headers: dict[str, str]) -> None:
     for method, path, body in [("GET", "/v1/models", None),
                                ("POST", "/v1/chat/completions", {"model": MODEL}),
-                               ("POST", "/generate", {"max_tokens": 128})]:
+                               ("POST", "/generate", {"max_tokens": 128}),
+                               # vLLM's runtime LoRA routes (LLM_ALLOW_RUNTIME_LORA) would
+                               # load files from the server's disk: refused before routing.
+                               ("POST", "/v1/load_lora_adapter",
+                                {"lora_name": "x", "lora_path": "/tmp"}),
+                               ("POST", "/v1/unload_lora_adapter", {"lora_name": "x"})]:
         r = httpx.request(method, f"{guarded.url}{path}", json=body, headers=headers, timeout=30)
         assert r.status_code == 401, (path, r.text)
         assert r.json()["error"]["type"] == "authentication_error"

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
@@ -67,6 +68,19 @@ def test_one_structured_output_backend_serves_every_request() -> None:
 def test_operators_structured_outputs_config_replaces_the_default(flags: tuple[str, ...]) -> None:
     args = parse_args(cli_args(replace(CPU_CFG, extra_args=flags), "/m"))
     assert args.structured_outputs_config.backend == "guidance"
+
+
+def test_reasoning_parser_reaches_vllm() -> None:
+    assert not parse_args(cli_args(CPU_CFG, "/m")).reasoning_parser
+    args = parse_args(cli_args(replace(CPU_CFG, reasoning_parser="qwen3"), "/m"))
+    assert args.reasoning_parser == "qwen3"
+    assert engine_config(load_settings(reasoning_parser="deepseek_r1"),
+                         AVX2_CPU).reasoning_parser == "deepseek_r1"
+
+
+def test_unknown_reasoning_parser_is_refused_listing_vllms() -> None:
+    with pytest.raises(ValidationError, match="'no-such' is not one of vLLM's: .*qwen3"):
+        load_settings(reasoning_parser="no-such")
 
 
 def test_chat_template_file_and_inline_reach_vllm() -> None:

@@ -16,12 +16,14 @@ from vllm_bento.packaged_model import ensure_packaged_model
 from vllm_bento.settings import EngineConfig, engine_config, load_settings
 from vllm_bento.vllm_entrypoints import (
     MANAGED_FLAGS,
+    RUNTIME_LORA_ENV,
     STRUCTURED_OUTPUTS_DEFAULTS,
     VLLM_VERSION,
     EngineArgsError,
     _serve_parser,
     check_extra_args,
     cli_args,
+    engine_env,
     installed_vllm_version,
     parse_args,
 )
@@ -118,11 +120,28 @@ def test_every_flag_the_service_sets_is_refused_as_an_extra() -> None:
     """So an extra flag can never override one of the service's (the later one would win).
     The structured-output defaults are the exception: an operator's own replace them."""
     full = dataclasses.replace(CPU_CFG, gpu_memory_utilization=0.9, tool_call_parser="hermes",
-                               chat_template="{{ messages }}")
+                               chat_template="{{ messages }}", reasoning_parser="qwen3",
+                               enable_lora=True, lora_modules=(("a", "/adapters/a"),),
+                               max_lora_rank=8, max_loras=2)
     for token in cli_args(full, "/models/x"):
         if token.startswith("--") and token not in STRUCTURED_OUTPUTS_DEFAULTS:
             with pytest.raises(EngineArgsError, match="is refused in engine_args"):
                 check_extra_args([token, "1"] if token != "--model" else [token, "m"])
+
+
+def test_vllm_serves_runtime_lora_routes_only_when_the_engine_env_allows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM reads the variable engine_env sets as it builds its app: off, the load and unload
+    routes are not attached."""
+    from fastapi import FastAPI
+    from vllm.entrypoints.serve.lora.api_router import attach_router
+
+    paths = {"/v1/load_lora_adapter", "/v1/unload_lora_adapter"}
+    for allow in (False, True):
+        monkeypatch.setenv(RUNTIME_LORA_ENV, engine_env(allow)[RUNTIME_LORA_ENV])
+        app = FastAPI()
+        attach_router(app)
+        assert (paths <= {getattr(route, "path", "") for route in app.routes}) is allow
 
 
 def test_parse_errors_raise_instead_of_exiting() -> None:

@@ -5,12 +5,14 @@ from BentoML build arguments (``bentoml build --arg model_id=...``), environment
 what was left unset with the default that fits the machine.
 
 ``LLM_MODEL_ID`` names a Hugging Face model or, as a path (``/...``, ``./...``, ``../...``,
-``~/...``), a model folder on disk; ``LLM_ENGINE_ARGS`` passes any other ``vllm serve`` flag,
-checked with vLLM's own parser as the settings load.
+``~/...``), a model folder on disk; ``LLM_LORA_MODULES`` serves PEFT adapter folders beside it
+under names of their own; ``LLM_ENGINE_ARGS`` passes any other ``vllm serve`` flag, checked with
+vLLM's own parser as the settings load.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shlex
@@ -43,10 +45,32 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
 """Weight files vLLM's default load formats read from a model folder."""
 DEFAULT_LOAD_FORMATS = ("auto", "safetensors", "pt")
 
+ADAPTER_CONFIG = "adapter_config.json"
+"""The file that makes a folder a PEFT adapter (vLLM reads its rank and target modules)."""
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM's ``--max-lora-rank`` takes (``vllm.config.lora.MaxLoRARanks``)."""
+VLLM_MAX_LORA_RANK = 16
+"""vLLM's ``--max-lora-rank`` when it is not given."""
+
 
 def is_model_folder(model_id: str) -> bool:
     """Whether ``model_id`` names a folder on disk rather than a Hugging Face model."""
     return model_id.startswith(MODEL_FOLDER_PREFIXES)
+
+
+def adapter_rank(folder: Path) -> int:
+    """The largest rank of the PEFT adapter in ``folder`` (``r``, or a larger one its
+    ``rank_pattern`` gives some modules), as vLLM compares it with ``--max-lora-rank``.
+
+    Raises:
+        ValueError: ``adapter_config.json`` is not JSON or has no integer ``r``.
+    """
+    path = folder / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text())
+        return max([int(config["r"]), *(int(r) for r in config.get("rank_pattern", {}).values())])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"cannot read the adapter rank (r) from {path}: {exc!r}") from exc
 
 
 def split_engine_args(engine_args: str) -> tuple[str, ...]:
@@ -136,6 +160,33 @@ class Settings(BaseSettings):
         None, description="Chat template replacing the model's own: a Jinja file path or the "
         "template itself. Unset: the model's own template.",
     )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM reasoning parser that sends a reasoning model's thinking as "
+        "`reasoning`, apart from the answer in `content` (e.g. `qwen3` for Qwen3, "
+        "`deepseek_r1` for DeepSeek-R1 and its distills; `vllm serve --help` lists them). "
+        "Unset: none, the thinking stays in `content`.",
+    )
+
+    # LoRA adapters: vLLM's own serve flags (--enable-lora and the ones named below).
+    lora_modules: str = Field(
+        "", description="PEFT LoRA adapters served beside the model, comma-separated "
+        "`name=folder` pairs (`pirate=/adapters/pirate,sql=./sql-lora`): each folder holds an "
+        "adapter_config.json for the served model, and clients pass its name as `model`. Maps to "
+        "vLLM's `--enable-lora --lora-modules`.",
+    )
+    max_lora_rank: int | None = Field(
+        None, description="Largest adapter rank the engine takes (`--max-lora-rank`: one of "
+        f"{', '.join(map(str, LORA_RANKS))}). Unset: vLLM's default, {VLLM_MAX_LORA_RANK}.",
+    )
+    max_loras: int | None = Field(
+        None, ge=1, description="Adapters one batch may use at once (`--max-loras`). Unset: "
+        "vLLM's default, 1.",
+    )
+    allow_runtime_lora: bool = Field(
+        False, description="Serve vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter, "
+        "which load adapters from the server's disk while it runs (behind the API keys, like "
+        "every /v1 route). Off: those routes are not served.",
+    )
 
     @field_validator("model_id")
     @classmethod
@@ -199,6 +250,88 @@ class Settings(BaseSettings):
                 "(random weights, for benchmarks)")
         return self
 
+    @field_validator("lora_modules")
+    @classmethod
+    def _lora_modules_are_adapter_folders(cls, lora_modules: str) -> str:
+        """``name=folder`` pairs, each folder made absolute (the engine may run in another
+        working directory).
+
+        Raises:
+            ValueError: an entry is not ``name=folder``, a name is given twice, or a folder does
+                not exist or has no ``adapter_config.json``.
+        """
+        modules: dict[str, Path] = {}
+        for entry in (e.strip() for e in lora_modules.split(",")):
+            if not entry:
+                continue
+            name, sep, path = (part.strip() for part in entry.partition("="))
+            if not (sep and name and path):
+                raise ValueError(f"LoRA module {entry!r} is not name=folder")
+            if name in modules:
+                raise ValueError(f"LoRA module name {name!r} is given twice")
+            folder = Path(path).expanduser().resolve()
+            if not folder.is_dir():
+                raise ValueError(f"LoRA adapter folder {folder} (for {name!r}) does not exist")
+            if not (folder / ADAPTER_CONFIG).is_file():
+                raise ValueError(f"LoRA adapter folder {folder} (for {name!r}) has no "
+                                 f"{ADAPTER_CONFIG}: not a PEFT adapter")
+            modules[name] = folder
+        return ",".join(f"{name}={folder}" for name, folder in modules.items())
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _max_lora_rank_is_one_vllm_takes(cls, rank: int | None) -> int | None:
+        if rank is not None and rank not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {', '.join(map(str, LORA_RANKS))} "
+                             f"(vLLM's choices), not {rank}")
+        return rank
+
+    @model_validator(mode="after")
+    def _lora_settings_fit(self) -> Settings:
+        """Adapter names clients can tell apart from the model, ranks the engine takes, and
+        LoRA limits only where LoRA is on.
+
+        Raises:
+            ValueError: an adapter is named like the served model, has a rank above
+                ``max_lora_rank`` (vLLM's default when unset), or ``max_lora_rank`` /
+                ``max_loras`` is set with no adapters and runtime loading off.
+        """
+        if self.served_name in self.lora_module_map:
+            raise ValueError(f"LoRA module name {self.served_name!r} is the served model's "
+                             "name: requests naming it could not choose; rename the adapter")
+        if not self.enable_lora:
+            if self.max_lora_rank is not None or self.max_loras is not None:
+                raise ValueError("max_lora_rank and max_loras limit LoRA adapters: set "
+                                 "lora_modules (or allow_runtime_lora) too")
+            return self
+        limit = self.max_lora_rank or VLLM_MAX_LORA_RANK
+        for name, folder in self.lora_module_map.items():
+            if (rank := adapter_rank(folder)) > limit:
+                raise ValueError(f"LoRA adapter {name!r} has rank {rank}, above max_lora_rank "
+                                 f"({limit}): set max_lora_rank to at least {rank}")
+        return self
+
+    @model_validator(mode="after")
+    def _reasoning_parser_is_vllms(self) -> Settings:
+        """Checked here, so that ``bentoml build`` refuses it too; vLLM would only at engine
+        start. A parser from ``--reasoning-parser-plugin`` registers only then: not checked.
+
+        Raises:
+            ValueError: vLLM has no reasoning parser of that name.
+        """
+        if not self.reasoning_parser or any(
+                token.startswith("--reasoning-parser-plugin")
+                or token.startswith("--reasoning_parser_plugin")
+                for token in self.engine_arg_list):
+            return self
+        from vllm_bento.vllm_entrypoints import reasoning_parsers
+
+        known = reasoning_parsers()
+        if self.reasoning_parser not in known:
+            raise ValueError(f"reasoning_parser {self.reasoning_parser!r} is not one of vLLM's: "
+                             f"{', '.join(known)}")
+        return self
+
     @model_validator(mode="after")
     def _max_tokens_fit_context(self) -> Settings:
         if self.max_tokens >= self.max_model_len:
@@ -239,6 +372,17 @@ class Settings(BaseSettings):
     def engine_arg_list(self) -> tuple[str, ...]:
         """``engine_args`` as separate flags (checked when the settings loaded)."""
         return split_engine_args(self.engine_args)
+
+    @property
+    def lora_module_map(self) -> dict[str, Path]:
+        """Adapter name to its folder (absolute), in the order given."""
+        pairs = (entry.split("=", 1) for entry in self.lora_modules.split(",") if entry)
+        return {name: Path(folder) for name, folder in pairs}
+
+    @property
+    def enable_lora(self) -> bool:
+        """Whether the engine takes LoRA adapters: some are configured, or may be loaded."""
+        return bool(self.lora_modules) or self.allow_runtime_lora
 
     @field_validator("api_keys")
     @classmethod
@@ -315,6 +459,12 @@ class EngineConfig:
     shutdown_timeout_s: int = 0  # how long the engine drains on SIGTERM before aborting
     tool_call_parser: str | None = None
     chat_template: str | None = None
+    reasoning_parser: str | None = None
+    enable_lora: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, absolute folder)
+    max_lora_rank: int | None = None  # None: vLLM's default
+    max_loras: int | None = None  # None: vLLM's default
+    allow_runtime_lora: bool = False  # vLLM's load/unload adapter routes
     extra_args: tuple[str, ...] = ()  # LLM_ENGINE_ARGS, after the flags above
 
 
@@ -365,5 +515,12 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         shutdown_timeout_s=math.ceil(settings.shutdown_grace_s),
         tool_call_parser=settings.tool_call_parser or default_tool_parser(settings),
         chat_template=settings.chat_template,
+        reasoning_parser=settings.reasoning_parser,
+        enable_lora=settings.enable_lora,
+        lora_modules=tuple((name, str(folder))
+                           for name, folder in settings.lora_module_map.items()),
+        max_lora_rank=settings.max_lora_rank,
+        max_loras=settings.max_loras,
+        allow_runtime_lora=settings.allow_runtime_lora,
         extra_args=settings.engine_arg_list,
     )

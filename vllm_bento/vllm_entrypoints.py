@@ -56,6 +56,11 @@ MANAGED_FLAGS: dict[str, str] = {
     "enable_auto_tool_choice": _setting("tool_call_parser"),
     "tool_call_parser": _setting("tool_call_parser"),
     "chat_template": _setting("chat_template"),
+    "reasoning_parser": _setting("reasoning_parser"),
+    "enable_lora": _setting("lora_modules"),
+    "lora_modules": _setting("lora_modules"),
+    "max_lora_rank": _setting("max_lora_rank"),
+    "max_loras": _setting("max_loras"),
     "shutdown_timeout": _setting("shutdown_grace_s"),
     "api_key": _setting("api_keys"),
     "disable_uvicorn_access_log": "the service manages it (it logs each request itself)",
@@ -114,6 +119,13 @@ def flag_value(argv: Sequence[str], flag: str) -> str | None:
     return value
 
 
+def reasoning_parsers() -> list[str]:
+    """The reasoning parsers vLLM knows by name (imports vLLM: seconds)."""
+    from vllm.reasoning import ReasoningParserManager
+
+    return sorted(ReasoningParserManager.list_registered())
+
+
 @dataclass
 class OpenAIServer:
     """A running engine and vLLM's own FastAPI app serving it (OpenAI routes under ``/v1``)."""
@@ -164,6 +176,9 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_call_parser]
     if cfg.chat_template:
         argv += ["--chat-template", cfg.chat_template]
+    if cfg.reasoning_parser:
+        argv += ["--reasoning-parser", cfg.reasoning_parser]
+    argv += lora_args(cfg)
     if not any(flag_name(token) == STRUCTURED_OUTPUTS_FLAG for token in cfg.extra_args):
         argv += STRUCTURED_OUTPUTS_DEFAULTS
     # The operator's own flags (LLM_ENGINE_ARGS), checked by check_extra_args when the settings
@@ -172,12 +187,35 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
     return argv
 
 
-def engine_env() -> dict[str, str]:
+def lora_args(cfg: EngineConfig) -> list[str]:
+    """The LoRA flags for ``cfg``: none when LoRA is off; vLLM's defaults for the limits left
+    unset."""
+    if not cfg.enable_lora:
+        return []
+    argv = ["--enable-lora"]
+    if cfg.lora_modules:
+        argv += ["--lora-modules", *(f"{name}={folder}" for name, folder in cfg.lora_modules)]
+    if cfg.max_lora_rank is not None:
+        argv += ["--max-lora-rank", str(cfg.max_lora_rank)]
+    if cfg.max_loras is not None:
+        argv += ["--max-loras", str(cfg.max_loras)]
+    return argv
+
+
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+"""vLLM attaches its ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` routes when
+this is ``1`` or ``true`` as its app is built."""
+
+
+def engine_env(allow_runtime_lora: bool = False) -> dict[str, str]:
     """Environment the engine processes read at start-up."""
     # vllm serve's own choice: fork is unsafe with accelerators and with BentoML's threads.
     # NVLink multicast (NVLS) off: on shared multi-GPU hosts NCCL's NVLS set-up can hang or
     # fail tensor-parallel start-up, and TP over 2-8 GPUs gains little from it.
-    return {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", "NCCL_NVLS_ENABLE": "0"}
+    # Runtime adapter loading set either way, so LLM_ALLOW_RUNTIME_LORA alone decides it
+    # (not a VLLM_ variable left in the operator's environment).
+    return {"VLLM_WORKER_MULTIPROC_METHOD": "spawn", "NCCL_NVLS_ENABLE": "0",
+            RUNTIME_LORA_ENV: "1" if allow_runtime_lora else "0"}
 
 
 @functools.cache
@@ -270,7 +308,7 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.app import build_app
 
-    os.environ.update(engine_env())
+    os.environ.update(engine_env(cfg.allow_runtime_lora))
     args = parse_args(cli_args(cfg, model_path))
     async with AsyncExitStack() as stack:
         engine = await stack.enter_async_context(build_async_engine_client(args))
