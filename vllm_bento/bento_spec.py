@@ -8,11 +8,11 @@ values) and ``bentoml serve <bento>`` (with the arguments kept in the Bento) eva
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, TypeAlias
 
 import bentoml
 
+from vllm_bento.model_folder import FolderModel
 from vllm_bento.packaged_model import MODEL_TAG
 from vllm_bento.settings import Settings
 
@@ -21,24 +21,19 @@ REQUIREMENTS = "requirements.txt"
 
 HF_TOKEN = "HF_TOKEN"
 
-ModelRef: TypeAlias = bentoml.models.BentoModel | bentoml.models.HuggingFaceModel | Path
+ModelRef: TypeAlias = bentoml.models.BentoModel | bentoml.models.HuggingFaceModel
 
 
 def model_ref(settings: Settings) -> ModelRef:
     """The packaged SmolLM2 from the BentoML model store (travels inside the Bento), a Hugging
     Face model by reference (the Bento records its revision; replicas download it at start), or
-    a model folder on disk, served from where it is.
-
-    A folder is not packed into a Bento: a Bento built with ``--arg model_id=/path`` serves only
-    where that path holds the model (settings refuse to load elsewhere). Packing it would mean
-    importing it into the model store at build time (``bentoml.models.create``) and referencing
-    it as a ``BentoModel``, which needs a way to tell ``bentoml build`` from ``bentoml serve``
-    here; not done yet.
+    a model folder on disk (``vllm_bento.model_folder``): served from where it is, and copied
+    into the model store by ``bentoml build`` so that the Bento carries it.
     """
     if settings.uses_packaged_model:
         return bentoml.models.BentoModel(MODEL_TAG)
     if (folder := settings.model_folder) is not None:
-        return folder  # service.py serves str(model.path if it has one else model)
+        return FolderModel.of(folder)
     # vLLM loads safetensors; the original PyTorch checkpoints would double the download.
     return bentoml.models.HuggingFaceModel(settings.model_id, exclude=["*.pth", "*.pt"])
 

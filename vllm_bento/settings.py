@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from vllm_bento import model_folder
 from vllm_bento.hardware import Hardware
 
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -200,6 +201,8 @@ class Settings(BaseSettings):
             return model_id
         folder = Path(model_id).expanduser().resolve()
         if not folder.is_dir():
+            if model_folder.imported(folder) is not None:
+                return str(folder)  # a Bento built from it, served elsewhere: its stored copy
             raise ValueError(f"model folder {folder} does not exist")
         if not (folder / "config.json").is_file():
             raise ValueError(
@@ -237,7 +240,7 @@ class Settings(BaseSettings):
             ValueError: the folder has no ``*.safetensors``, ``*.bin`` or ``*.pt`` file.
         """
         folder = self.model_folder
-        if folder is None:
+        if folder is None or not folder.is_dir():  # not here: its stored copy is served
             return self
         from vllm_bento.vllm_entrypoints import flag_value
 
