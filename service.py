@@ -65,6 +65,7 @@ MODEL = bento_spec.model_ref(SETTINGS)
     # log would repeat each of them.
     logging={"access": {"enabled": False}},
 )
+@bento_spec.holding(bento_spec.adapter_refs(SETTINGS))  # LoRA adapters a Bento carries
 class VLLM:
     """vLLM's async engine, started with the service and stopped with it."""
 

@@ -70,3 +70,20 @@ def test_model_routes_are_left_out_of_bentomls_per_message_tracing() -> None:
 def test_bentomls_time_limit_falls_after_the_gates() -> None:
     for limit in (10.0, 300.0, 3600.0):
         assert bento_spec.traffic(load_settings(request_timeout_s=limit))["timeout"] > limit + 5
+
+
+def test_lora_adapters_are_models_the_service_class_holds(tmp_path: Path) -> None:
+    """BentoML records the models a Bento carries from the service class's attributes."""
+    adapter = tmp_path / "pirate"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    refs = bento_spec.adapter_refs(load_settings(lora_modules=f"pirate={adapter}"))
+    assert [ref.folder for ref in refs.values()] == [adapter]
+    assert [ref.tag.name for ref in refs.values()] == ["pirate"]
+
+    @bento_spec.holding(refs)
+    class Service:
+        pass
+
+    assert all(getattr(Service, name) is ref for name, ref in refs.items())
+    assert bento_spec.adapter_refs(load_settings()) == {}

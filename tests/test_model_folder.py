@@ -40,12 +40,13 @@ def test_a_folder_is_copied_once_per_version_and_found_by_its_path(tmp_path: Pat
     script = textwrap.dedent(f"""
         import json, os
         from pathlib import Path
-        from vllm_bento.model_folder import import_folder, imported
+        from vllm_bento.model_folder import import_folder, imported, local_or_stored
         from vllm_bento.settings import load_settings
         folder = Path({str(folder)!r})
         first, again = import_folder(folder), import_folder(folder)
         (folder / "model.safetensors").write_bytes(b"fine-tuned further")
         second = import_folder(folder)
+        here = str(local_or_stored(folder))
         os.rename(folder, folder.with_name("moved"))
         settings = load_settings(model_id=str(folder))
         print(json.dumps({{
@@ -54,6 +55,9 @@ def test_a_folder_is_copied_once_per_version_and_found_by_its_path(tmp_path: Pat
             "other": imported(folder.with_name("nope")),
             "copied": sorted(p.name for p in Path(second.path).iterdir()),
             "served_name": settings.served_name,
+            "here": here,
+            "elsewhere": str(local_or_stored(folder)),
+            "nowhere": local_or_stored(folder.with_name("nope")),
         }}))
     """)
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
@@ -67,3 +71,6 @@ def test_a_folder_is_copied_once_per_version_and_found_by_its_path(tmp_path: Pat
     assert out["other"] is None
     assert out["copied"] == ["config.json", "model.safetensors", "model.yaml"]
     assert out["served_name"] == "My_Model"
+    assert out["here"] == str(folder)
+    assert out["elsewhere"] == str(tmp_path / "home" / "models" / second.replace(":", "/"))
+    assert out["nowhere"] is None

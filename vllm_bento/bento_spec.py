@@ -8,7 +8,8 @@ values) and ``bentoml serve <bento>`` (with the arguments kept in the Bento) eva
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from collections.abc import Callable
+from typing import Any, TypeAlias, TypeVar
 
 import bentoml
 
@@ -20,6 +21,7 @@ REQUIREMENTS = "requirements.txt"
 """The image's Python requirements: the CUDA build of vLLM, pinned to the release we wrap."""
 
 HF_TOKEN = "HF_TOKEN"
+T = TypeVar("T")
 
 ModelRef: TypeAlias = bentoml.models.BentoModel | bentoml.models.HuggingFaceModel
 
@@ -36,6 +38,23 @@ def model_ref(settings: Settings) -> ModelRef:
         return FolderModel.of(folder)
     # vLLM loads safetensors; the original PyTorch checkpoints would double the download.
     return bentoml.models.HuggingFaceModel(settings.model_id, exclude=["*.pth", "*.pt"])
+
+
+def adapter_refs(settings: Settings) -> dict[str, FolderModel]:
+    """The LoRA adapter folders as models a Bento carries (``bentoml build`` copies each into
+    the model store, like a model folder), by the service attribute that holds each."""
+    return {f"lora_adapter_{i}": FolderModel.of(folder)
+            for i, folder in enumerate(settings.lora_module_map.values())}
+
+
+def holding(refs: dict[str, FolderModel]) -> Callable[[type[T]], type[T]]:
+    """A class decorator, under ``@bentoml.service``: puts ``refs`` on the service class, where
+    BentoML looks for the models a Bento must carry (class attributes)."""
+    def hold(cls: type[T]) -> type[T]:
+        for name, ref in refs.items():
+            setattr(cls, name, ref)
+        return cls
+    return hold
 
 
 def resources(settings: Settings) -> dict[str, Any]:

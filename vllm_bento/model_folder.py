@@ -1,4 +1,5 @@
-"""A model folder on disk (``LLM_MODEL_ID=/path``), and the copy of it a Bento carries.
+"""A model or adapter folder on disk (``LLM_MODEL_ID=/path``, ``LLM_LORA_MODULES``), and the
+copy of it a Bento carries.
 
 ``bentoml serve service:VLLM`` serves the folder where it is: nothing is copied. ``bentoml
 build`` imports it into the BentoML model store (a copy, named after the folder, versioned by a
@@ -48,6 +49,15 @@ def imported(folder: Path) -> bentoml.Model | None:
         return None
     copies = [m for m in stored if m.info.metadata.get(SOURCE_KEY) == str(folder)]
     return max(copies, key=lambda m: m.info.creation_time, default=None)
+
+
+def local_or_stored(folder: Path) -> Path | None:
+    """Where ``folder``'s files are here: the folder itself, else its stored copy (a Bento
+    built from it, served elsewhere), else None."""
+    if folder.is_dir():
+        return folder
+    copy = imported(folder)
+    return None if copy is None else Path(copy.path)
 
 
 def import_folder(folder: Path) -> bentoml.Model:

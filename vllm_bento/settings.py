@@ -273,9 +273,10 @@ class Settings(BaseSettings):
             if name in modules:
                 raise ValueError(f"LoRA module name {name!r} is given twice")
             folder = Path(path).expanduser().resolve()
-            if not folder.is_dir():
+            files = model_folder.local_or_stored(folder)  # elsewhere: a Bento's copy of it
+            if files is None:
                 raise ValueError(f"LoRA adapter folder {folder} (for {name!r}) does not exist")
-            if not (folder / ADAPTER_CONFIG).is_file():
+            if not (files / ADAPTER_CONFIG).is_file():
                 raise ValueError(f"LoRA adapter folder {folder} (for {name!r}) has no "
                                  f"{ADAPTER_CONFIG}: not a PEFT adapter")
             modules[name] = folder
@@ -308,7 +309,7 @@ class Settings(BaseSettings):
                                  "lora_modules (or allow_runtime_lora) too")
             return self
         limit = self.max_lora_rank or VLLM_MAX_LORA_RANK
-        for name, folder in self.lora_module_map.items():
+        for name, folder in self.lora_adapter_files.items():
             if (rank := adapter_rank(folder)) > limit:
                 raise ValueError(f"LoRA adapter {name!r} has rank {rank}, above max_lora_rank "
                                  f"({limit}): set max_lora_rank to at least {rank}")
@@ -381,6 +382,13 @@ class Settings(BaseSettings):
         """Adapter name to its folder (absolute), in the order given."""
         pairs = (entry.split("=", 1) for entry in self.lora_modules.split(",") if entry)
         return {name: Path(folder) for name, folder in pairs}
+
+    @property
+    def lora_adapter_files(self) -> dict[str, Path]:
+        """Adapter name to where its files are here: its folder, or where the folder does not
+        exist (a Bento served elsewhere), the copy the Bento carries."""
+        return {name: model_folder.local_or_stored(folder) or folder
+                for name, folder in self.lora_module_map.items()}
 
     @property
     def enable_lora(self) -> bool:
@@ -520,8 +528,8 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         chat_template=settings.chat_template,
         reasoning_parser=settings.reasoning_parser,
         enable_lora=settings.enable_lora,
-        lora_modules=tuple((name, str(folder))
-                           for name, folder in settings.lora_module_map.items()),
+        lora_modules=tuple((name, str(files))
+                           for name, files in settings.lora_adapter_files.items()),
         max_lora_rank=settings.max_lora_rank,
         max_loras=settings.max_loras,
         allow_runtime_lora=settings.allow_runtime_lora,
