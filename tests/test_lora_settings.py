@@ -167,24 +167,6 @@ def test_limits_with_runtime_loading_alone_are_accepted() -> None:
     assert (settings.enable_lora, settings.max_lora_rank) == (True, 64)
 
 
-@pytest.mark.parametrize(
-    ("engine_args", "flag", "instead"),
-    [("--enable-lora", "--enable-lora", "LLM_LORA_MODULES"),
-     ("--lora-modules a=/x", "--lora-modules", "LLM_LORA_MODULES"),
-     ("--lora_modules=a=/x", "--lora-modules", "LLM_LORA_MODULES"),
-     ("--max-lora-rank 8", "--max-lora-rank", "LLM_MAX_LORA_RANK"),
-     ("--max-loras 2", "--max-loras", "LLM_MAX_LORAS")],
-)
-def test_lora_engine_flags_are_refused_naming_the_setting(
-        monkeypatch: pytest.MonkeyPatch, engine_args: str, flag: str, instead: str) -> None:
-    monkeypatch.setenv("LLM_ENGINE_ARGS", engine_args)
-    with pytest.raises(ValidationError) as caught:
-        load_settings()
-    message = str(caught.value)
-    assert f"{flag} is refused in engine_args (LLM_ENGINE_ARGS)" in message
-    assert f"use {instead} (build argument" in message
-
-
 def test_other_lora_engine_flags_pass_through(tmp_path: Path) -> None:
     args = vllm_args(lora_modules=f"a={adapter(tmp_path / 'a')}",
                      engine_args="--max-cpu-loras 4 --lora-dtype bfloat16")
