@@ -73,13 +73,18 @@ def client_request_id(scope: Scope) -> str | None:
     return given if given is not None and REQUEST_ID.fullmatch(given) else None
 
 
+def with_header(headers: list[tuple[bytes, bytes]], name: bytes,
+                value: str) -> list[tuple[bytes, bytes]]:
+    """``headers`` (ASGI: lowercase names) with ``name: value`` in place of any ``name``."""
+    return [*((k, v) for k, v in headers if k != name), (name, value.encode())]
+
+
 def with_request_id(scope: Scope, request_id: str) -> Scope:
     """``scope`` with ``X-Request-Id: request_id`` in place of any the client sent: vLLM takes
     its request id from that header (``chatcmpl-<id>``), so one id finds a request in the
     service's log, vLLM's log and a trace, and ``/generate`` hands it to its inner call."""
-    headers = [(k, v) for k, v in scope.get("headers", []) if k != b"x-request-id"]
-    headers.append((b"x-request-id", request_id.encode()))
-    return {**scope, "headers": headers}
+    return {**scope, "headers": with_header(scope.get("headers", []), b"x-request-id",
+                                            request_id)}
 
 
 def bearer(scope: Scope) -> str:

@@ -41,6 +41,11 @@ def fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def version_tag(folder: Path) -> str:
+    """The tag of a copy of ``folder`` as it is now."""
+    return f"{store_name(folder)}:{fingerprint(folder)}"
+
+
 def imported(folder: Path) -> bentoml.Model | None:
     """The most recent stored copy of ``folder`` (by its absolute path), or None."""
     try:
@@ -62,7 +67,7 @@ def local_or_stored(folder: Path) -> Path | None:
 
 def import_folder(folder: Path) -> bentoml.Model:
     """Copy ``folder`` into the model store, unless a copy of it as it is now is there."""
-    tag = f"{store_name(folder)}:{fingerprint(folder)}"
+    tag = version_tag(folder)
     try:
         return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
@@ -90,7 +95,7 @@ class FolderModel(BentoModel):
     def of(cls, folder: Path) -> FolderModel:
         """The reference for ``folder`` (absolute), whether or not it exists here."""
         if folder.is_dir():
-            tag = f"{store_name(folder)}:{fingerprint(folder)}"
+            tag = version_tag(folder)
         elif (copy := imported(folder)) is not None:
             tag = str(copy.tag)
         else:

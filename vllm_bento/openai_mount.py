@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 
 from vllm_bento.errors import openai_error
+from vllm_bento.gate import with_header
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -65,7 +66,8 @@ class OpenAIMount:
                 tokens = self.runtime.control_tokens
                 if tokens is not None and (defused := tokens.defuse_body(body)) is not None:
                     body = defused
-                    child["headers"] = with_content_length(scope["headers"], len(body))
+                    child["headers"] = with_header(scope["headers"], b"content-length",
+                                                   str(len(body)))
                 receive = replaying(body, receive)
         await target(child, receive, send)
 
@@ -95,13 +97,6 @@ def replaying(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-def with_content_length(headers: list[tuple[bytes, bytes]],
-                        length: int) -> list[tuple[bytes, bytes]]:
-    """``headers`` with ``content-length`` set to ``length``."""
-    kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-    return [*kept, (b"content-length", str(length).encode())]
 
 
 MAX_BRACKETS_UNCHECKED = 1000

@@ -323,12 +323,11 @@ class Settings(BaseSettings):
         Raises:
             ValueError: vLLM has no reasoning parser of that name.
         """
-        if not self.reasoning_parser or any(
-                token.startswith("--reasoning-parser-plugin")
-                or token.startswith("--reasoning_parser_plugin")
-                for token in self.engine_arg_list):
+        from vllm_bento.vllm_entrypoints import flag_name, reasoning_parsers
+
+        if not self.reasoning_parser or any(flag_name(token) == "--reasoning-parser-plugin"
+                                            for token in self.engine_arg_list):
             return self
-        from vllm_bento.vllm_entrypoints import reasoning_parsers
 
         known = reasoning_parsers()
         if self.reasoning_parser not in known:
