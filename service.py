@@ -26,8 +26,7 @@ from annotated_types import Ge, Le
 from vllm_bento import bento_spec, bentoml_compat, errors
 from vllm_bento.chat_page import chat_app
 from vllm_bento.gate import Gate
-from vllm_bento.loopback import DEFAULT_PROMPT, base_url_for
-from vllm_bento.openai_mount import OpenAIMount
+from vllm_bento.loopback import DEFAULT_PROMPT
 from vllm_bento.root_mount import root_routes
 from vllm_bento.runtime import Runtime
 from vllm_bento.settings import load_settings
@@ -45,7 +44,7 @@ SETTINGS = load_settings()
 MAX_TOKENS = SETTINGS.max_tokens
 
 RUNTIME = Runtime(SETTINGS)  # the engine inside it starts with the service (on_startup)
-openai_api = OpenAIMount(RUNTIME)
+openai_api = RUNTIME.openai_api  # /generate's loopback reaches it in-process (see Runtime)
 
 MODEL = bento_spec.model_ref(SETTINGS)
 
@@ -96,16 +95,17 @@ class VLLM:
         max_tokens: Annotated[int, Ge(128), Le(MAX_TOKENS)] = MAX_TOKENS,
     ) -> AsyncGenerator[str, None]:
         """Stream the model's answer to `prompt`, up to `max_tokens` tokens."""
-        base_url = base_url_for(ctx.request.scope.get("server"))
         # The gate gave every request an id: the inner call carries it, so both log lines
         # and vLLM's request share it.
         request_id = ctx.request.headers.get("x-request-id")
-        async for text in self.runtime.loopback.stream(base_url, prompt, max_tokens,
+        async for text in self.runtime.loopback.stream(prompt, max_tokens,
                                                        request_id=request_id):
             yield text
 
 
 # The decorator turned the class into a bentoml.Service (untyped, hence the ignore).
-VLLM.add_asgi_middleware(Gate, admission=RUNTIME.admission)  # type: ignore[attr-defined]
+# Admitted /v1 requests go from the gate straight to the forwarder (see Gate.direct).
+VLLM.add_asgi_middleware(Gate, admission=RUNTIME.admission,  # type: ignore[attr-defined]
+                         direct={"/v1/": openai_api})
 VLLM.add_asgi_middleware(bentoml_compat.UnwrapErrorList)  # type: ignore[attr-defined]
 VLLM.add_asgi_middleware(bentoml_compat.JsonOnlyApis, paths=("/generate",))  # type: ignore[attr-defined]

@@ -10,6 +10,12 @@ warmed up, and driven at every concurrency level, ``--repeats`` times:
   ``/v1/chat/completions`` with EOS honoured (``/generate`` has no ``ignore_eos``), through
   ``bench.clients``' one request loop, so the two compare like for like.
 
+With ``--cold`` each system starts with its compile caches cleared (``COMPILE_CACHES``, under
+``$HOME`` and ``$TORCHINDUCTOR_CACHE_DIR``: give concurrent runs their own), and after both
+have run, each starts once more with the caches warm, for ready time only: start-ups compare
+cold with cold and warm with warm. ``--merge A B ... --out C`` joins the result files of runs
+made side by side (one model each, one GPU each) into one.
+
 Models: ``smollm2`` (the packaged model in fp16: the front end is the bottleneck) and
 ``llama8b`` (the Llama 3.1 8B architecture with random weights, ``--load-format dummy``, from
 ``bench.dummy_model``: GPU-bound). Also recorded: start-up to ready (caches as they are: say so
@@ -50,6 +56,8 @@ PROMPTS = {1: 8, 16: 48, 64: 128, 256: 512, 1024: 1024}
 WORKLOAD = wl.Workload(input_len=128, output_len=128)
 READY_TIMEOUT_S = 900.0
 COMPILE_CACHES = ("~/.cache/vllm", "~/.cache/flashinfer", "~/.triton", "~/.cache/triton")
+"""vLLM's torch.compile artifacts, FlashInfer's JIT kernels and Triton's; TorchInductor's own
+cache is ``$TORCHINDUCTOR_CACHE_DIR`` (``/tmp/torchinductor_$USER`` unless set)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,8 @@ class GpuMemory:
 
 
 def clear_compile_caches() -> None:
-    for path in COMPILE_CACHES:
+    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    for path in (*COMPILE_CACHES, *([inductor] if inductor else [])):
         shutil.rmtree(Path(path).expanduser(), ignore_errors=True)
 
 
@@ -164,7 +173,7 @@ def drive(systems: tuple[str, ...], base_url: str, model: Model, repeats: int,
 
 def serve_and_drive(kind: str, model: Model, repeats: int, scratch: Path,
                     cold: bool) -> dict[str, Any]:
-    """Start one system for ``model``, time it to ready, drive it, stop it."""
+    """Start one system for ``model``, time it to ready, drive it (``repeats`` > 0), stop it."""
     if cold:
         clear_compile_caches()
     env = {**os.environ, **model.env}
@@ -185,14 +194,30 @@ def serve_and_drive(kind: str, model: Model, repeats: int, scratch: Path,
                 "service-chat", "service-generate", "service-chat-eos")
         try:
             ready_s = wait_ready(served, READY_TIMEOUT_S, ready_path, 0.25)
-            logger.info("%s %s ready in %.1f s", model.name, kind, ready_s)
-            results = drive(systems, served.url, model, repeats, scratch)
+            logger.info("%s %s ready in %.1f s (caches %s)", model.name, kind, ready_s,
+                        "cleared" if cold else "as left")
+            results = drive(systems, served.url, model, repeats, scratch) if repeats else {}
         finally:
             exit_code = stop(served)
         for key in model.env:
             os.environ.pop(key, None)
     return {"ready_s": ready_s, "cold_caches": cold, "peak_gpu_mib": memory.peak_mib,
             "exit_code": exit_code, "log": str(served.log), "systems": results}
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """Result files of side-by-side runs (one model each) as one: the first file's machine
+    and settings, every file's models, and per file the GPU it ran on."""
+    results = [json.loads(p.read_text()) for p in paths]
+    merged = {**results[0], "models": {}}
+    for result in results:
+        for name, entry in result["models"].items():
+            merged["models"][name] = {**entry, "membw_gbs": result["membw_gbs"],
+                                      "repeats": result["repeats"],
+                                      "cuda_visible_devices": result.get("cuda_visible_devices"),
+                                      "gpu_memory_utilization": result.get(
+                                          "gpu_memory_utilization")}
+    return merged
 
 
 def gpu_bandwidth_gbs(gib: int = 4, passes: int = 20) -> float:
@@ -220,20 +245,29 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/gpu-h200.json")
     parser.add_argument("--dummy-dir", type=Path, default=Path("/tmp/llama8b-dummy"))
     parser.add_argument("--cold", action="store_true", help="clear compile caches before "
-                        "each start (start-ups then compare cold with cold)")
+                        "each start, then start each system once more warm (start-ups then "
+                        "compare cold with cold and warm with warm)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="join these result files into "
+                        "--out and exit")
     args = parser.parse_args()
+    if args.merge:
+        args.out.write_text(json.dumps(merge(args.merge), indent=1))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    scratch = ROOT / "bench/results/tmp/gpu"
-    scratch.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"machine": meta.machine(ROOT), "workload": asdict(WORKLOAD),
                               "levels": LEVELS, "prompts": PROMPTS, "repeats": args.repeats,
-                              "gpu": gpu_name(), "models": {}}
+                              "gpu": gpu_name(), "models": {},
+                              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                              "gpu_memory_utilization": os.environ.get(
+                                  "LLM_GPU_MEMORY_UTILIZATION")}
     result["machine"]["commit"] = os.environ.get("BENCH_COMMIT", result["machine"]["commit"])
     result["membw_gbs"] = gpu_bandwidth_gbs()
     logger.info("GPU copy bandwidth %.0f GB/s", result["membw_gbs"])
     for name in args.models.split(","):
         model = models(args.dummy_dir)[name]
+        scratch = ROOT / "bench/results/tmp/gpu" / name  # side-by-side runs write apart
+        scratch.mkdir(parents=True, exist_ok=True)
         entry = result["models"].setdefault(name, {"env": model.env})
         if name == "llama8b":
             from bench.dummy_model import param_count, weight_bytes, write_dummy_model
@@ -243,11 +277,16 @@ def main() -> None:
             entry["params"] = param_count(config)
             entry["weight_bytes"] = weight_bytes(config)
             entry["tpot_floor_ms"] = weight_bytes(config) / (result["membw_gbs"] * 1e9) * 1e3
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         for kind in ("raw", "service"):
             entry[kind] = guarded(partial(serve_and_drive, kind, model, args.repeats, scratch,
                                           args.cold))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=1))
+        if args.cold:  # the same starts again, caches as the cold starts left them
+            for kind in ("raw", "service"):
+                warm = guarded(partial(serve_and_drive, kind, model, 0, scratch, False))
+                entry[kind]["warm_ready_s"] = warm.get("ready_s")
+                args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps({"wrote": str(args.out)}))
 
 

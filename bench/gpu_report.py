@@ -47,6 +47,14 @@ def cell(entry: dict[str, Any], metric: str, digits: int = 0) -> str:
     return f"{s['median']:.{digits}f} ({s['low']:.{digits}f}-{s['high']:.{digits}f})"
 
 
+def repeats(result: dict[str, Any]) -> str:
+    """Repeats per level: one number, or per model where side-by-side runs were merged."""
+    per_model = {m: e.get("repeats", result["repeats"]) for m, e in result["models"].items()}
+    if len(set(per_model.values())) > 1:
+        return ", ".join(f"{m} {n}" for m, n in per_model.items())
+    return str(result["repeats"])
+
+
 def checks(result: dict[str, Any]) -> list[Check]:
     found = []
     for model in result["models"]:
@@ -125,7 +133,7 @@ def page(result: dict[str, Any], source: str, notes: str) -> str:
         f" project commit {m['commit']}; {m['date_utc']}.", "",
         f"Workload: `vllm bench serve`, random prompts of {result['workload']['input_len']} "
         f"tokens, answers of {result['workload']['output_len']} (EOS ignored), greedy; "
-        f"{result['repeats']} repeats per level, prompts per run {result['prompts']}. "
+        f"repeats per level: {repeats(result)}; prompts per run {result['prompts']}. "
         "Figures are medians with the range over the repeats.", "",
         notes, "", "![output tokens/s by concurrency](benchmarks-gpu.png)", "",
         "## Targets", "", "| check | concurrency | measured | target | met |",
@@ -145,7 +153,14 @@ def page(result: dict[str, Any], source: str, notes: str) -> str:
             lines.append("")
         for kind in ("raw", "service"):
             run = entry[kind]
-            lines.append(f"- {kind}: ready in {run['ready_s']:.0f} s, peak GPU memory "
+            if "error" in run:
+                lines.append(f"- {kind}: failed: {run['error']}")
+                continue
+            caches = "compile caches cleared" if run.get("cold_caches") else "caches as left"
+            warm = (f", {run['warm_ready_s']:.0f} s warm" if run.get("warm_ready_s") is not None
+                    else "")
+            lines.append(f"- {kind}: ready in {run['ready_s']:.0f} s ({caches}){warm}, peak GPU "
+                         "memory "
                          f"{run['peak_gpu_mib'] / 1024:.1f} GiB (see notes), exit code "
                          f"{run['exit_code']}")
         lines += ["", *table(result, model)]

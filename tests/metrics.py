@@ -20,12 +20,6 @@ def scrape(url: str, name: str, **labels: str) -> float | None:
     return sum(values) if values else None
 
 
-def running_requests(url: str) -> float | None:
-    """vLLM's gauge of requests running in the engine. It is refreshed when the engine steps
-    and by the periodic stats log (10 s), so it can lag behind an idle engine."""
-    return scrape(url, "vllm:num_requests_running")
-
-
 def generated_tokens(url: str) -> float:
     """vLLM's count of tokens generated so far; counted as each engine step's output arrives.
     (Requests aborted because their client left are not counted under
@@ -46,17 +40,6 @@ def seconds_until_generation_stops(url: str, quiet_s: float = 2.0, timeout: floa
         elif time.monotonic() - last_change >= quiet_s:
             return last_change - start
     raise AssertionError(f"the engine still generates tokens after {timeout} s")
-
-
-def seconds_until_running(url: str, at_least: int, timeout: float = 60.0) -> float:
-    """Seconds until the engine runs ``at_least`` requests at once; raises if it does not get
-    there in time (say, a request was refused or failed instead)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if (running_requests(url) or 0) >= at_least:
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"the engine never ran {at_least} requests at once in {timeout} s")
 
 
 def tree_rss_mib(pid: int) -> float:

@@ -255,3 +255,27 @@ def test_the_app_sees_the_request_id_the_gate_logs(given: str | None) -> None:
     assert seen == [[dict(sent[0]["headers"])[b"x-request-id"]]]
     if given == "req-7":
         assert seen == [[b"req-7"]]
+
+
+def test_admitted_requests_under_a_direct_prefix_skip_the_rest_of_the_stack() -> None:
+    """``direct``: ``/v1/`` goes straight to its app, admitted, with the gate's request id and
+    time limit; other routes go down the stack; refused requests reach neither."""
+    stack, v1 = app_streaming([b"stack"]), app_streaming([b"data: v1\n\n"])
+    state = open_state(max_in_flight=1)
+    gate = Gate(stack, state, direct={"/v1/": v1})
+    sent = call(gate, scope("/v1/chat/completions"))
+    assert status_and_body(sent) == (200, b"data: v1\n\n")
+    assert b"x-request-id" in dict(sent[0]["headers"])
+    assert status_and_body(call(gate, scope("/generate"))) == (200, b"stack")
+    assert status_and_body(call(gate, scope("/v1"))) == (200, b"stack")  # not under "/v1/"
+    assert state.in_flight == 0
+    refusing = Gate(stack, Admission(), direct={"/v1/": v1})  # starting: gated routes refused
+    assert status_and_body(call(refusing, scope("/v1/models")))[0] == 503
+
+
+def test_a_direct_route_still_has_the_time_limit() -> None:
+    async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(5)
+
+    gate = Gate(app_streaming([b"ok"]), open_state(request_timeout_s=0.1), direct={"/v1/": slow})
+    assert status_and_body(call(gate, scope("/v1/chat/completions")))[0] == 504

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx2 as httpx  # the transport the openai SDK (3.x) is built on
@@ -12,9 +12,7 @@ import pytest
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from vllm_bento.errors import StreamCutOff
-from vllm_bento.loopback import LoopbackChat, base_url_for
-
-BASE = "http://127.0.0.1:4321/v1"
+from vllm_bento.loopback import LoopbackChat, sse_data
 
 
 def sse(*events: dict[str, object] | str) -> bytes:
@@ -42,7 +40,7 @@ def collect(handler: Handler) -> tuple[list[str], list[dict[str, Any]]]:
                         http_client=httpx.AsyncClient(transport=httpx.MockTransport(recording)))
 
     async def run() -> list[str]:
-        return [t async for t in chat.stream(BASE, "hi", 128)]
+        return [t async for t in chat.stream("hi", 128)]
 
     return asyncio.run(run()), seen
 
@@ -92,11 +90,9 @@ def test_aborted_generation_is_not_a_complete_answer() -> None:
                                          headers={"content-type": "text/event-stream"}))
 
 
-def test_base_url_follows_the_served_address() -> None:
-    assert base_url_for(("127.0.0.1", 3456)) == "http://127.0.0.1:3456/v1"
-    assert base_url_for(("::1", 80)) == "http://[::1]:80/v1"
-    with pytest.raises(ServiceUnavailable):
-        base_url_for(None)
+def test_needs_an_app_to_loop_back_to() -> None:
+    with pytest.raises(ValueError, match="app to loop back to"):
+        LoopbackChat("m", temperature=0.0, loopback_token="t")
 
 
 def test_error_frame_before_the_first_chunk_is_503() -> None:
@@ -128,8 +124,23 @@ def test_the_inner_call_carries_the_outer_request_id() -> None:
                         http_client=httpx.AsyncClient(transport=httpx.MockTransport(record)))
 
     async def run(request_id: str | None) -> list[str]:
-        return [t async for t in chat.stream(BASE, "hi", 128, request_id=request_id)]
+        return [t async for t in chat.stream("hi", 128, request_id=request_id)]
 
     assert asyncio.run(run("outer-1")) == ["Ahoy"]
     asyncio.run(run(None))
     assert ids == ["outer-1", None]
+
+
+def test_sse_frames_split_anywhere_across_chunks_are_read_whole() -> None:
+    body = (sse(chunk("Ahoy"), chunk(" matey", "stop")).replace(b"\n", b"\r\n")
+            + sse("[DONE]") + sse(chunk("after the end")))
+
+    async def read(size: int) -> list[dict[str, Any]]:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(body), size):
+                yield body[i:i + size]
+        return [data async for data in sse_data(chunks())]
+
+    for size in (1, 2, 7, 64, len(body)):
+        frames = asyncio.run(read(size))
+        assert [f["choices"][0]["delta"]["content"] for f in frames] == ["Ahoy", " matey"], size

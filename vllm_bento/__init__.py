@@ -8,4 +8,5 @@ Modules, each named for what it holds:
 - ``vllm_entrypoints``: the only code that touches vLLM's internal entrypoint modules.
 - ``openai_mount``: the ASGI app mounted at ``/v1`` that forwards to vLLM's OpenAI app.
 - ``loopback``: the ``/generate`` stream, looped back through ``openai.AsyncOpenAI``.
+- ``in_process``: the httpx transport that takes that client's requests to ``/v1`` in-process.
 """

@@ -33,7 +33,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,11 +104,26 @@ def token_counts(tail: bytes) -> tuple[str, str]:
 
 class Gate:
     """ASGI middleware enforcing ``admission`` on every route but the open ones (``is_gated``),
-    which pass untouched."""
+    which pass untouched.
 
-    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+    ``direct`` maps path prefixes to the app that serves them (``{"/v1/": <the /v1 forwarder>}``):
+    an admitted request under one goes straight there instead of down the rest of BentoML's
+    stack (its context and exception middlewares, router and mount), which a model route does
+    not use and which would wrap every streamed chunk once more.
+    """
+
+    def __init__(self, app: ASGIApp, admission: Admission,
+                 direct: Mapping[str, ASGIApp] | None = None) -> None:
         self.app = app
         self.state = admission
+        self.direct = tuple((direct or {}).items())
+
+    def inner_app(self, path: str) -> ASGIApp:
+        """The app an admitted request for ``path`` is handed to."""
+        for prefix, app in self.direct:
+            if path.startswith(prefix):
+                return app
+        return self.app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_gated(scope["path"]):
@@ -147,41 +162,42 @@ class Gate:
         return None
 
     async def _admit(self, exchange: Exchange, receive: Receive, loopback: bool) -> None:
+        app = self.inner_app(exchange.scope["path"])
         if loopback:  # the outer /generate request holds the slot and the time limit
-            await self.app(exchange.scope, receive, exchange.send)
+            await app(exchange.scope, receive, exchange.send)
             return
         request = self.state.admit(asyncio.current_task())
         # Free the slot as the last byte goes out, not after: a client that sends its next
         # request the moment it has the answer must find the slot free.
         exchange.on_last_byte = lambda: self.state.release(request)
         try:
-            await self._run_until_done_or_cut(exchange, receive, request.cut)
+            await self._run_until_done_or_cut(app, exchange, receive, request.cut)
         finally:
             self.state.release(request)
 
-    async def _run_until_done_or_cut(self, exchange: Exchange, receive: Receive,
+    async def _run_until_done_or_cut(self, app: ASGIApp, exchange: Exchange, receive: Receive,
                                      cut: asyncio.Event) -> None:
         """Run the app until it is done, its time limit passes or ``cut`` is set. Ended early,
         it is told that the client has gone (the one path on which vLLM and BentoML reliably
         abort the engine request), and the response is ended here."""
         channel = Disconnectable(receive)
-        app = asyncio.ensure_future(self.app(exchange.scope, channel, exchange.send))
+        running = asyncio.ensure_future(app(exchange.scope, channel, exchange.send))
         cut_short = asyncio.ensure_future(cut.wait())
         try:
-            await asyncio.wait({app, cut_short}, timeout=self.state.request_timeout_s,
+            await asyncio.wait({running, cut_short}, timeout=self.state.request_timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            app.cancel()
+            running.cancel()
             raise
         finally:
             cut_short.cancel()
-        if app.done():
-            app.result()  # the app's own exception, if it raised one
+        if running.done():
+            running.result()  # the app's own exception, if it raised one
             return
         exchange.muted = True
         channel.disconnect()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(app, ABORT_WAIT_S)
+            await asyncio.wait_for(running, ABORT_WAIT_S)
         if cut.is_set():
             retry = {"retry-after": str(self.state.retry_after_s)}
             await exchange.ended_early(503, SHUTDOWN, "service_unavailable", retry, receive)
@@ -238,11 +254,17 @@ class Exchange:
         self._tail = (b"", b"")
 
     async def send(self, message: Message) -> None:
-        """The send channel handed to the app."""
+        """The send channel handed to the app: one call per streamed chunk."""
         if not self.muted:
-            await self.emit(message)
+            await self._send(self.noted(message))
 
     async def emit(self, message: Message) -> None:
+        """Send ``message`` even when the app's own messages are muted (the gate's answers)."""
+        await self._send(self.noted(message))
+
+    def noted(self, message: Message) -> Message:
+        """``message`` recorded for the log line and the slot, with the request id added to
+        the response's headers."""
         if message["type"] == "http.response.start":
             self.status = message["status"]
             headers = list(message.get("headers", []))
@@ -259,7 +281,7 @@ class Exchange:
                 self.finished = True
                 if self.on_last_byte is not None:
                     self.on_last_byte()
-        await self._send(message)
+        return message
 
     @property
     def tail(self) -> bytes:

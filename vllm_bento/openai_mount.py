@@ -52,10 +52,11 @@ class OpenAIMount:
         if scope["type"] == "http" and scope["path"] == OPENAPI_PATH:
             await JSONResponse(v1_openapi(target))(scope, receive, send)
             return
-        # Starlette's Mount set root_path to ".../v1"; vLLM's routes carry the /v1 prefix
-        # themselves, so give vLLM the path as the client sent it.
+        # Reached through Starlette's Mount, root_path is ".../v1" and app_root_path the
+        # server's; straight from the gate (``Gate.direct``), root_path is the server's. vLLM's
+        # routes carry the /v1 prefix themselves: give vLLM the server's root path.
         child = dict(scope)
-        child["root_path"] = scope.get("app_root_path", "")
+        child["root_path"] = scope.get("app_root_path", scope.get("root_path", ""))
         if scope["type"] == "http" and scope.get("method") == "POST":
             body = await read_body(receive)
             if body is not None:

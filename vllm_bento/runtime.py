@@ -1,7 +1,8 @@
 """The serving state of one service worker, in one object built from the settings.
 
 ``Runtime`` owns admission and drain (``Admission``), the engine and the app requests are
-forwarded to (``target``), the engine's processes, and ``/generate``'s loopback client.
+forwarded to (``target``) with the ``/v1`` forwarder in front of it (``openai_api``), the
+engine's processes, and ``/generate``'s loopback client.
 ``service.py`` builds one at import and hands it explicitly to the gate middleware, the mounts
 and the service class; nothing else holds serving state.
 """
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 
 from vllm_bento import hardware, lifecycle
 from vllm_bento.admission import Admission, default_max_in_flight
+from vllm_bento.gate import Gate
 from vllm_bento.loopback import LoopbackChat
+from vllm_bento.openai_mount import OpenAIMount
 from vllm_bento.settings import Settings, engine_config
 from vllm_bento.vllm_entrypoints import OpenAIServer, max_num_seqs, serve_openai
 
@@ -39,8 +42,14 @@ class Runtime:
             request_timeout_s=settings.request_timeout_s,
         )
         self.processes = lifecycle.EngineProcesses()
+        self.openai_api = OpenAIMount(self)  # the /v1 forwarder, mounted by service.py
+        # /generate's own requests to /v1 go in-process to a gate in front of the forwarder
+        # (it logs them and knows them by the loopback token), not down BentoML's stack a
+        # second time: BentoML's request metrics count each /generate once, and no socket is
+        # crossed (vllm_bento.in_process).
         self.loopback = LoopbackChat(settings.served_name, settings.generate_temperature,
-                                     self.admission.loopback_token)
+                                     self.admission.loopback_token,
+                                     app=Gate(self.openai_api, admission=self.admission))
         self.server: OpenAIServer | None = None
         self._stack = AsyncExitStack()
         self._watchdogs: list[asyncio.Task[None]] = []
