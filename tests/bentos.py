@@ -18,15 +18,16 @@ from typing import Any
 
 import yaml
 
-from tests.served import ROOT
+from tests.served import ROOT, server_env
 
 BENTO_NAME = "vllm-llm"
 COMMAND_TIMEOUT_S = 600  # a build locks the requirements against PyPI: slow on a busy machine
 
 
 def bentoml_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment for a `bentoml` command using ``home`` as its model and Bento store."""
-    return {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **extra}
+    """The environment for a `bentoml` command using ``home`` as its model and Bento store, over
+    the run's own (``served.server_env``: a server it starts gets the run's ``LLM_*``)."""
+    return server_env({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **extra})
 
 
 def run_bentoml(command: str, env: dict[str, str],

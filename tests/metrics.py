@@ -1,14 +1,13 @@
-"""Reading the served instance's Prometheus metrics and process memory."""
+"""Reading the served instance's Prometheus metrics, and waiting on them."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.served import tree
 
 
 def scrape(url: str, name: str, **labels: str) -> float | None:
@@ -27,6 +26,29 @@ def generated_tokens(url: str) -> float:
     return scrape(url, "vllm:generation_tokens_total") or 0.0
 
 
+def finished_requests(url: str) -> float:
+    """vLLM's count of requests that finished normally (any finish reason: stop, length, ...);
+    a request aborted because its client left or its time ran out is not counted."""
+    return scrape(url, "vllm:request_success_total") or 0.0
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             seen: Callable[[], Any] | None = None, poll_s: float = 0.1) -> None:
+    """Wait until ``condition()`` holds, for a state that lasts once reached (one the test
+    holds open, or a counter): never a passing moment that a poll could miss.
+
+    Raises:
+        AssertionError: not within ``timeout`` seconds; the message says what was waited
+            for and what ``seen()`` (default: the condition's last value) showed.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout:.0f} s; saw: "
+                                 f"{seen() if seen else 'the condition false'}")
+        time.sleep(poll_s)
+
+
 def seconds_until_generation_stops(url: str, quiet_s: float = 2.0, timeout: float = 20.0) -> float:
     """Seconds from now until the engine produced its last token, once no token has been
     generated for ``quiet_s``; raises if generation does not stop within ``timeout``."""
@@ -40,14 +62,3 @@ def seconds_until_generation_stops(url: str, quiet_s: float = 2.0, timeout: floa
         elif time.monotonic() - last_change >= quiet_s:
             return last_change - start
     raise AssertionError(f"the engine still generates tokens after {timeout} s")
-
-
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MiB."""
-    total = 0
-    for p in tree(pid):
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20

@@ -23,6 +23,12 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 BENTOML = [sys.executable, "-m", "bentoml"]
 READY_TIMEOUT_S = 600.0  # eager start is ~45 s; leave room for a slow, shared machine
 
+RUN_ENV = dict(os.environ)
+"""The environment the test run was given, taken when this module is first imported (while
+pytest collects, before any test's fixture changes ``os.environ``). Servers that tests start
+get it whole: ``LLM_GPU_MEMORY_UTILIZATION`` and the rest of an operator's ``LLM_*`` settings
+reach them, although unit tests see none of those (``conftest._clean_settings``)."""
+
 
 @dataclass
 class Served:
@@ -106,6 +112,12 @@ def serve_command(port: int, target: str = "service:VLLM") -> list[str]:
     return [*BENTOML, "serve", target, "--port", str(port), "--host", "127.0.0.1"]
 
 
+def server_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server a test starts: the run's (``RUN_ENV``), then the test's own
+    settings over it."""
+    return {**RUN_ENV, **(env or {})}
+
+
 def launch(argv: list[str], port: int, log: Path, env: dict[str, str] | None = None,
            cwd: Path = ROOT) -> Served:
     """Start the server ``argv`` (listening on ``port``) in its own process group, so that
@@ -113,7 +125,7 @@ def launch(argv: list[str], port: int, log: Path, env: dict[str, str] | None = N
     log.parent.mkdir(parents=True, exist_ok=True)
     started_at = time.monotonic()
     process = subprocess.Popen(
-        argv, cwd=cwd, env={**os.environ, **(env or {})},
+        argv, cwd=cwd, env=server_env(env),
         stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     return Served(process=process, port=port, log=log, started_at=started_at)

@@ -1,5 +1,11 @@
 """A server with API keys, a small in-flight cap and a short time limit: authentication,
 overload, time limits, client disconnects, and (last, as it stops the server) graceful shutdown.
+
+Every timing here is one the code guarantees, on this 2-core CPU and on an H200 alike (~400
+tokens/s for one stream there, 30x this CPU): a request meant to outlast a limit asks for up to
+8000 tokens with EOS ignored (20 s or more at the H200's pace); a request meant to be in flight
+at a given moment is held there by the test (queued behind a stream the test keeps open: the
+engine runs one sequence at a time, ``--max-num-seqs 1``); an abort is read from vLLM's counters.
 """
 
 from __future__ import annotations
@@ -13,30 +19,45 @@ from concurrent.futures import ThreadPoolExecutor
 import bentoml
 import httpx
 import openai
+import psutil
 import pytest
 
 from tests import served
 from tests.conftest import MODEL
 from tests.metrics import (
+    finished_requests,
     generated_tokens,
+    scrape,
     seconds_until_generation_stops,
-    tree_rss_mib,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 KEY = "test-key-1"
-CAP = 2
-TIME_LIMIT_S = 20  # above the slowest normal request here (128 tokens on a busy machine)
+CAP = 3
+# Above the slowest normal request here (8 tokens behind two others on a busy 2-core machine),
+# below what a LONG answer takes even on an H200.
+TIME_LIMIT_S = 10
+# The drain's grace: long enough for a 8-token answer queued behind one aborted stream on a busy
+# CPU; ends (counted from the signal) before the time limit of requests admitted just before.
 GRACE_S = 6
+LONG = 8000  # tokens: 20 s or more on an H200, minutes here
 LONG_STORY = [{"role": "user", "content": "Tell me a very long story about pirates."}]
+# /generate cannot ignore EOS, and is greedy: this prompt puts SmolLM2 into a loop ("yo ho yo
+# ho ...") that greedy decoding never leaves (500 of 500 tokens here; a count or a story stopped
+# after 122 tokens).
+LOOPING = "Repeat after me forever: yo ho yo ho yo ho yo ho yo ho yo ho"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[served.Served]:
     env = {"LLM_API_KEYS": f"other-key,{KEY}", "LLM_MAX_IN_FLIGHT": str(CAP),
-           "LLM_REQUEST_TIMEOUT_S": str(TIME_LIMIT_S), "LLM_SHUTDOWN_GRACE_S": str(GRACE_S)}
+           "LLM_REQUEST_TIMEOUT_S": str(TIME_LIMIT_S), "LLM_SHUTDOWN_GRACE_S": str(GRACE_S),
+           # Room for LONG answers (SmolLM2 has an 8k context), on /generate too.
+           "LLM_MAX_MODEL_LEN": "8192", "LLM_MAX_TOKENS": str(LONG),
+           "LLM_ENGINE_ARGS": "--max-num-seqs 1"}
     server = served.start("guarded", env)
     try:
         served.wait_ready(server)
@@ -82,9 +103,11 @@ def test_openai_sdk_with_api_key(guarded: served.Served) -> None:
 
 def test_bentoml_client_with_token(guarded: served.Served) -> None:
     with bentoml.SyncHTTPClient(guarded.url, token=KEY, timeout=120) as c:
-        # A short answer: what is tested is the key, not whether 128 tokens fit in the time
-        # limit on a busy machine (seen: 8 tok/s, the default prompt ran past 20 s).
-        assert "".join(c.generate(prompt="Say hi.", max_tokens=128)).strip()
+        # The first words prove the key was taken; the rest of the answer (up to 128 tokens)
+        # is not waited for, so its length on a busy machine does not matter.
+        answer = c.generate(prompt="Say hi.", max_tokens=128)
+        assert next(answer).strip() or next(answer).strip()
+        answer.close()
 
 
 # -- overload ---------------------------------------------------------------------------------
@@ -93,7 +116,7 @@ def stream_once(server: served.Served) -> str:
     """One streaming chat; returns its finish_reason, or 'refused' for a 429."""
     try:
         stream = client(server).chat.completions.create(
-            model=MODEL, messages=LONG_STORY, max_tokens=24, stream=True)
+            model=MODEL, messages=LONG_STORY, max_tokens=8, stream=True)
         finish = None
         for chunk in stream:
             if chunk.choices:
@@ -109,8 +132,7 @@ def stream_once(server: served.Served) -> str:
 
 def test_overload_is_refused_with_429_and_admitted_requests_complete(
         guarded: served.Served) -> None:
-    clients, duration_s = 4 * CAP, 20.0
-    rss_before = tree_rss_mib(guarded.process.pid)
+    clients, duration_s = 4 * CAP, 10.0
     deadline = time.monotonic() + duration_s
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -126,22 +148,23 @@ def test_overload_is_refused_with_429_and_admitted_requests_complete(
     with ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(worker) for _ in range(clients)]:
             future.result()
-    rss_after = tree_rss_mib(guarded.process.pid)
     admitted = len([o for o in outcomes if o != "refused"])
     refused = len(outcomes) - admitted
     print(f"\nload: {clients} clients, {duration_s:.0f} s, {len(outcomes)} requests, "
-          f"{admitted} completed, {refused} refused (429), 0 failed; "
-          f"server RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
+          f"{admitted} completed, {refused} refused (429), 0 failed")
     assert admitted > 0 and refused > 0
-    assert rss_after - rss_before < 512, "server memory grew under load"
-    assert stream_once(guarded) != "refused", "slots were not given back after the load"
+    # Every slot came back: CAP requests at once are all admitted again (one slot lost per
+    # request would have locked the server long before).
+    with ThreadPoolExecutor(CAP) as pool:
+        assert "refused" not in list(pool.map(lambda _: stream_once(guarded), range(CAP)))
 
 
 # -- time limit and disconnects -------------------------------------------------------------------
 
 def test_stream_over_time_limit_ends_with_error_frame(guarded: served.Served) -> None:
-    body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": 1500, "stream": True,
+    body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": LONG, "stream": True,
             "ignore_eos": True}
+    finished = finished_requests(guarded.url)
     start = time.monotonic()
     with httpx.stream("POST", f"{guarded.url}/v1/chat/completions", json=body, headers=AUTH,
                       timeout=120) as r:
@@ -151,19 +174,22 @@ def test_stream_over_time_limit_ends_with_error_frame(guarded: served.Served) ->
     assert events[-1] == "data: [DONE]"
     assert '"type": "timeout"' in events[-2] and "time limit" in events[-2]
     assert seconds_until_generation_stops(guarded.url) < 1.5  # aborted in the engine too
+    assert finished_requests(guarded.url) == finished, "the answer finished: it was not cut"
 
 
 def test_generate_over_time_limit_is_cut_off(guarded: served.Served) -> None:
     """A started plain-text stream cannot change its status: it ends without its final chunk,
     which the user's client reports as an error; the engine request is aborted."""
+    finished = finished_requests(guarded.url)
     start = time.monotonic()
     received: list[str] = []
     with bentoml.SyncHTTPClient(guarded.url, token=KEY, timeout=120) as c:
-        with pytest.raises(httpx.RemoteProtocolError):  # a greedy story runs past 20 s here
-            received.extend(c.generate(prompt=LONG_STORY[0]["content"], max_tokens=1024))
+        with pytest.raises(httpx.RemoteProtocolError):
+            received.extend(c.generate(prompt=LOOPING, max_tokens=LONG))
     assert received, "cut off before its first chunk"  # a 504 would have come before any text
     assert TIME_LIMIT_S - 1 < time.monotonic() - start < TIME_LIMIT_S + 10
     assert seconds_until_generation_stops(guarded.url) < 1.5
+    assert finished_requests(guarded.url) == finished, "the answer finished: it was not cut"
     log = guarded.log.read_text()
     assert "path=/generate status=504" in log
     assert log.count("Stream cut off without its final chunk") == 1  # one line, no traceback
@@ -174,14 +200,18 @@ def test_generate_over_time_limit_is_cut_off(guarded: served.Served) -> None:
 def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str) -> None:
     if route == "chat":
         request = {"url": f"{guarded.url}/v1/chat/completions", "json": {
-            "model": MODEL, "messages": LONG_STORY, "max_tokens": 1000, "stream": True}}
+            "model": MODEL, "messages": LONG_STORY, "max_tokens": LONG, "ignore_eos": True,
+            "stream": True}}
     else:
-        request = {"url": f"{guarded.url}/generate", "json": {"max_tokens": 1000}}
+        request = {"url": f"{guarded.url}/generate",
+                   "json": {"prompt": LOOPING, "max_tokens": LONG}}
+    finished = finished_requests(guarded.url)
     with httpx.stream("POST", headers=AUTH, timeout=60, **request) as r:
         chunks = r.iter_bytes()
         assert next(chunks, None), "no first chunk"
         before = generated_tokens(guarded.url)
         # Leave only once the counter has moved for this answer: the engine is generating it.
+        # (It cannot end first: LONG tokens take 20 s or more even on an H200.)
         deadline = time.monotonic() + 30
         while generated_tokens(guarded.url) <= before:
             assert time.monotonic() < deadline, "the engine generated nothing for 30 s"
@@ -190,15 +220,14 @@ def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str
     waited = seconds_until_generation_stops(guarded.url)
     print(f"\n{route}: the engine stopped generating {waited:.2f} s after the client left")
     assert waited < 1.5
+    assert finished_requests(guarded.url) == finished, "the answer finished: it was not aborted"
 
 
 # -- graceful shutdown (stops the server: keep last) ------------------------------------------
 
-def stream_events(server: served.Served, max_tokens: int, started: threading.Event,
-                  events: list[str]) -> None:
+def stream_events(server: served.Served, max_tokens: int, events: list[str]) -> None:
     """One streaming chat of the long story, its ``data:`` lines appended to ``events`` as they
-    come; ``started`` is set at the first (the request was admitted and the engine runs it).
-    A refusal or a broken connection is appended as a line saying so."""
+    come. A refusal or a broken connection is appended as a line saying so."""
     body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": max_tokens, "stream": True,
             "ignore_eos": True}
     try:
@@ -210,11 +239,8 @@ def stream_events(server: served.Served, max_tokens: int, started: threading.Eve
             for line in r.iter_lines():
                 if line.startswith("data:"):
                     events.append(line)
-                    started.set()
     except httpx.HTTPError as exc:
         events.append(f"broken: {exc!r}")
-    finally:
-        started.set()  # also when it failed: the test must not wait on it
 
 
 def finish_reasons(events: list[str]) -> list[str]:
@@ -224,26 +250,40 @@ def finish_reasons(events: list[str]) -> list[str]:
 
 
 def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
-    # Both requests are in flight when the signal comes: each has streamed its first chunk,
-    # which is what its client sees (vLLM's running gauge is sampled, and a busy machine
-    # missed it). The long one (outlives the grace period) starts first, so the short one
-    # (finishes well within it, even at 5 tok/s) has 15 tokens to go at the signal.
+    """Three requests in flight at the signal, each held there by the test, whatever the
+    machine's speed: a stream the test keeps open (``blocker``) occupies the engine's one
+    sequence slot, and a short and a long request wait behind it. After the signal the test
+    leaves the blocker: the short one then runs and finishes within the grace period, and the
+    long one runs until the grace period ends it."""
     short: list[str] = []
     long: list[str] = []
-    threads: list[threading.Thread] = []
-    for max_tokens, events in ((1500, long), (16, short)):
-        started = threading.Event()
-        threads.append(threading.Thread(target=stream_events,
-                                        args=(guarded, max_tokens, started, events)))
-        threads[-1].start()
-        assert started.wait(60), f"no first chunk in 60 s for max_tokens={max_tokens}"
-        assert events and events[0].startswith("data: {"), events
-    children = guarded.descendants()
-    guarded.process.send_signal(15)
-    time.sleep(1)
-    r = httpx.get(f"{guarded.url}/v1/models", headers=AUTH, timeout=10)
-    assert r.status_code == 503 and r.json()["error"]["message"] == "The server is shutting down."
-    assert httpx.get(f"{guarded.url}/readyz", timeout=10).status_code == 503
+
+    def queued() -> float | None:
+        return scrape(guarded.url, "vllm:num_requests_waiting")
+
+    blocker = {"model": MODEL, "messages": LONG_STORY, "max_tokens": LONG, "stream": True,
+               "ignore_eos": True}
+    with httpx.stream("POST", f"{guarded.url}/v1/chat/completions", headers=AUTH, json=blocker,
+                      timeout=120) as held:
+        lines = held.iter_lines()
+        assert next(line for line in lines if line.startswith("data:")), "no first chunk"
+        threads = []
+        for max_tokens, events in ((8, short), (LONG, long)):
+            threads.append(threading.Thread(target=stream_events,
+                                            args=(guarded, max_tokens, events)))
+            threads[-1].start()
+            wait_for(lambda: queued() == len(threads), 60,
+                     f"{len(threads)} request(s) queued behind the held stream",
+                     seen=lambda: (queued(), short, long))
+        children = guarded.descendants()
+        guarded.process.send_signal(15)
+        wait_for(lambda: "Draining 3 request(s)" in guarded.log.read_text(), 30,
+                 "the drain of all three requests", seen=lambda: guarded.log_tail(5))
+        r = httpx.get(f"{guarded.url}/v1/models", headers=AUTH, timeout=10)
+        assert r.status_code == 503
+        assert r.json()["error"]["message"] == "The server is shutting down."
+        assert httpx.get(f"{guarded.url}/readyz", timeout=10).status_code == 503
+    # The blocker's client left: its engine request is aborted, the queued ones run.
     for t in threads:
         t.join(timeout=GRACE_S + 60)
     # The short one finished normally.
@@ -255,7 +295,6 @@ def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
     error = json.loads(long[-2].removeprefix("data:"))["error"]
     assert (error["code"], error["type"], error["message"]) == (
         503, "service_unavailable", "The server is shutting down.")
-    assert "Draining 2 request(s)" in guarded.log.read_text()
     assert guarded.process.wait(60) == 0
-    time.sleep(1)
-    assert not [p for p in children if p.is_running() and p.status() != "zombie"]
+    _, left = psutil.wait_procs(children, timeout=15)
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left
