@@ -11,6 +11,7 @@ import openai
 import pytest
 from bentoml._internal.utils.args import set_arguments
 
+from tests import served
 from tests.served import Served, serving
 from vllm_bento.settings import PACKAGED_MODEL_ID
 
@@ -34,6 +35,10 @@ def gpu_count() -> int:
     return len(out.stdout.splitlines()) if out.returncode == 0 else 0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    served.OVERLAP = gpu_count() == 0  # see served.OVERLAP
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``gpu(n)`` tests are skipped on a machine with fewer than n GPUs (CI runs on a CPU)."""
     have = gpu_count()
@@ -42,6 +47,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             need = marker.args[0] if marker.args else 1
             if have < need:
                 item.add_marker(pytest.mark.skip(reason=f"needs {need} GPU(s), {have} here"))
+
+
+_MODULES_BEGUN: set[object] = set()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """As each module begins, start the servers of the next module that declares some (a
+    module-level ``SERVERS = {name: env}``, the names and settings its tests pass to
+    ``served.start``/``serving``): their engines load while this module runs. The first
+    module also starts the shared server, if any test uses it."""
+    module = getattr(item, "module", None)
+    if module is None or module in _MODULES_BEGUN:
+        return
+    _MODULES_BEGUN.add(module)
+    items = item.session.items
+    if len(_MODULES_BEGUN) == 1 and any("server" in getattr(i, "fixturenames", ())
+                                        for i in items):
+        served.prestart("shared")
+    order = list(dict.fromkeys(getattr(i, "module", None) for i in items))
+    for later in order[order.index(module) + 1:]:
+        if servers := getattr(later, "SERVERS", None):
+            for name, env in servers.items():
+                served.prestart(name, env)
+            return
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    served.stop_prestarted()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -72,10 +72,13 @@ def free_port() -> int:
 
 def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S, path: str = "/readyz",
                poll_s: float = 1.0) -> float:
-    """Seconds from the server's start until ``path`` answers 200.
+    """Seconds from the server's start until ``path`` answers 200. Until then every answer
+    must be 503 ("not ready"), or no answer at all while the server is not listening yet: a
+    server is ready only once its engine is (BentoML's ``__is_ready__``, vLLM's ``/health``).
 
     Raises:
         RuntimeError: the server exited first.
+        AssertionError: it answered something other than 503 before it was ready.
         TimeoutError: it was not ready ``timeout`` seconds after it started.
     """
     while time.monotonic() - served.started_at < timeout:
@@ -83,10 +86,12 @@ def wait_ready(served: Served, timeout: float = READY_TIMEOUT_S, path: str = "/r
             code = served.process.returncode
             raise RuntimeError(f"server exited {code}; see {served.log}")
         try:
-            if httpx.get(f"{served.url}{path}", timeout=5).status_code == 200:
-                return time.monotonic() - served.started_at
+            status = httpx.get(f"{served.url}{path}", timeout=5).status_code
         except httpx.HTTPError:
-            pass
+            status = None
+        if status == 200:
+            return time.monotonic() - served.started_at
+        assert status in (None, 503), f"{path} answered {status} before ready; see {served.log}"
         time.sleep(poll_s)
     raise TimeoutError(f"not ready after {timeout:.0f} s; see {served.log}")
 
@@ -135,11 +140,67 @@ def start(name: str, env: dict[str, str] | None = None, target: str = "service:V
           cwd: Path = ROOT) -> Served:
     """Start `bentoml serve` on a free port, with a BentoML home of its own unless ``env``
     names one (even when the environment sets ``BENTOML_HOME``: its model store is shared, its
-    Prometheus directory is not), logging to ``tests/artifacts/server-<name>.log``."""
+    Prometheus directory is not), logging to ``tests/artifacts/server-<name>.log``.
+
+    A server ``prestart`` started under the same name, settings and target is handed over
+    instead of a new one (a prestarted one that does not match is stopped first)."""
+    if (early := PRESTARTED.pop(name, None)) is not None:
+        if early.request == (env or {}, target, cwd):
+            return early.served
+        stop(early.served)
     env = dict(env or {})
     env.setdefault("BENTOML_HOME", str(own_bentoml_home(name)))
     port = free_port()
     return launch(serve_command(port, target), port, ARTIFACTS / f"server-{name}.log", env, cwd)
+
+
+@dataclass
+class Prestarted:
+    served: Served
+    request: tuple[dict[str, str], str, Path]  # what start() was asked: env, target, cwd
+
+
+PRESTARTED: dict[str, Prestarted] = {}
+"""Servers started ahead of the tests that use them, by name (``prestart``)."""
+
+OVERLAP = True
+"""Whether servers may start and stop while other tests run (``prestart``, ``stop_later``).
+conftest turns it off on a GPU: there the engines share the GPU's memory, each taking a fixed
+fraction (``LLM_GPU_MEMORY_UTILIZATION``), so no more may be alive than the run planned for."""
+
+
+def prestart(name: str, env: dict[str, str] | None = None, target: str = "service:VLLM",
+             cwd: Path = ROOT) -> None:
+    """Start the server that ``start(name, env, target, cwd)`` will be asked for, now, so that
+    its engine loads while earlier tests run (the suite's largest wait: about a minute an
+    engine here). Nothing waits on it; ``stop_prestarted`` ends those never asked for."""
+    if name not in PRESTARTED:
+        PRESTARTED[name] = Prestarted(start(name, env, target, cwd), (env or {}, target, cwd))
+
+
+STOPPING: list[Served] = []
+"""Servers sent SIGTERM by ``stop_later`` and not yet waited for."""
+
+
+def stop_later(served: Served) -> None:
+    """SIGTERM now; ``stop_prestarted`` waits for the exit (a server takes seconds to stop, and
+    no test needs to wait for that of a server it is done with). Without ``OVERLAP``, stops
+    and waits at once."""
+    if not OVERLAP:
+        stop(served)
+        return
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGTERM)
+    STOPPING.append(served)
+
+
+def stop_prestarted() -> None:
+    """Stop every prestarted server that no test took (a run cut short, or ``-k``), and wait
+    for those ``stop_later`` stopped (SIGKILL after a minute, as ``stop``)."""
+    while PRESTARTED:
+        stop_later(PRESTARTED.popitem()[1].served)
+    while STOPPING:
+        stop(STOPPING.pop())
 
 
 def stop(served: Served, timeout: float = 60.0) -> int | None:
@@ -157,9 +218,11 @@ def stop(served: Served, timeout: float = 60.0) -> int | None:
 
 @contextmanager
 def serving(name: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """A ready server (``start``), stopped when the block ends; the exit is waited for at the
+    end of the session (``stop_later``)."""
     served = start(name, env)
     try:
         wait_ready(served)
         yield served
     finally:
-        stop(served)
+        stop_later(served)

@@ -144,7 +144,7 @@ def test_a_bento_built_from_folders_carries_them_and_serves_without_them(
     built = bentos.latest(build_home)
     tags = sorted(m["tag"].split(":")[0] for m in built.service["models"])
     assert tags == ["my_model", "pirate"]
-    archive = tmp_path / "folder-bento.bento"
+    archive = tmp_path / "folder-bento.tar"  # .tar: the default .bento is xz, minutes here
     bentos.check(bentos.run_bentoml(f"bentoml export vllm-llm:latest {archive}", build_env))
     bentos.check(bentos.run_bentoml(f"bentoml import {archive}",
                                     bentos.bentoml_env(serve_home, **OFFLINE)))

@@ -19,11 +19,13 @@ from vllm_bento.packaged_model import ensure_packaged_model
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TEMPLATE = Path(__file__).parent / "data" / "pirate_chat_template.jinja"
 HELLO = [{"role": "user", "content": "Hello there!"}]
+ENV = {"LLM_CHAT_TEMPLATE": str(TEMPLATE)}
+SERVERS = {"chat-template": ENV}  # started early (conftest.pytest_runtest_setup)
 
 
 @pytest.fixture(scope="module")
 def templated() -> Iterator[Served]:
-    with serving("chat-template", env={"LLM_CHAT_TEMPLATE": str(TEMPLATE)}) as served:
+    with serving("chat-template", env=ENV) as served:
         yield served
 
 

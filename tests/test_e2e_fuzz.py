@@ -23,11 +23,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ST = str(Path(sys.executable).with_name("st"))
 EXAMPLES = "8"  # per operation and phase; bounded so the run takes minutes, not hours
 V1_OPERATIONS = r"^/v1/(chat/completions|completions|models)$"
+ENV = {"LLM_MAX_MODEL_LEN": "256", "LLM_MAX_TOKENS": "128"}
+SERVERS = {"fuzz": ENV}  # started early (conftest.pytest_runtest_setup)
 
 
 @pytest.fixture(scope="module")
 def fuzzed() -> Iterator[served.Served]:
-    with served.serving("fuzz", {"LLM_MAX_MODEL_LEN": "256", "LLM_MAX_TOKENS": "128"}) as s:
+    with served.serving("fuzz", ENV) as s:
         yield s
 
 

@@ -51,14 +51,17 @@ LOOPING = "Repeat after me forever: yo ho yo ho yo ho yo ho yo ho yo ho"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+ENV = {"LLM_API_KEYS": f"other-key,{KEY}", "LLM_MAX_IN_FLIGHT": str(CAP),
+       "LLM_REQUEST_TIMEOUT_S": str(TIME_LIMIT_S), "LLM_SHUTDOWN_GRACE_S": str(GRACE_S),
+       # Room for LONG answers (SmolLM2 has an 8k context), on /generate too.
+       "LLM_MAX_MODEL_LEN": "8192", "LLM_MAX_TOKENS": str(LONG),
+       "LLM_ENGINE_ARGS": "--max-num-seqs 1"}
+SERVERS = {"guarded": ENV}  # started early (conftest.pytest_runtest_setup)
+
+
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[served.Served]:
-    env = {"LLM_API_KEYS": f"other-key,{KEY}", "LLM_MAX_IN_FLIGHT": str(CAP),
-           "LLM_REQUEST_TIMEOUT_S": str(TIME_LIMIT_S), "LLM_SHUTDOWN_GRACE_S": str(GRACE_S),
-           # Room for LONG answers (SmolLM2 has an 8k context), on /generate too.
-           "LLM_MAX_MODEL_LEN": "8192", "LLM_MAX_TOKENS": str(LONG),
-           "LLM_ENGINE_ARGS": "--max-num-seqs 1"}
-    server = served.start("guarded", env)
+    server = served.start("guarded", ENV)
     try:
         served.wait_ready(server)
         yield server
@@ -276,6 +279,8 @@ def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
                      f"{len(threads)} request(s) queued behind the held stream",
                      seen=lambda: (queued(), short, long))
         children = guarded.descendants()
+        assert any("EngineCore" in " ".join(p.cmdline()) for p in children), children
+        assert httpx.get(f"{guarded.url}/livez", timeout=10).status_code == 200
         guarded.process.send_signal(15)
         wait_for(lambda: "Draining 3 request(s)" in guarded.log.read_text(), 30,
                  "the drain of all three requests", seen=lambda: guarded.log_tail(5))
@@ -295,6 +300,7 @@ def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
     error = json.loads(long[-2].removeprefix("data:"))["error"]
     assert (error["code"], error["type"], error["message"]) == (
         503, "service_unavailable", "The server is shutting down.")
+    # Exit 0 and no process left, the engine's included.
     assert guarded.process.wait(60) == 0
     _, left = psutil.wait_procs(children, timeout=15)
     assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left

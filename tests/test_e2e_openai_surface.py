@@ -115,7 +115,7 @@ def test_control_tokens_typed_in_a_message_stay_text(
     assert anthropic["usage"]["input_tokens"] == len(injected)
 
 
-def logged(server: Served, request_id: str, timeout: float = 10.0) -> list[str]:
+def logged(server: Served, request_id: str, timeout: float = 60.0) -> list[str]:
     """The server's request log lines for ``request_id`` (written as each response ends)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -29,12 +29,15 @@ ASK: dict[str, Any] = {
 }
 
 
+ENV = {"LLM_REASONING_PARSER": "olmo3",
+       "LLM_ENGINE_ARGS": "--structured-outputs-config.backend xgrammar "
+                          "--structured-outputs-config.enable_in_reasoning true"}
+SERVERS = {"reasoning": ENV}  # started early (conftest.pytest_runtest_setup)
+
+
 @pytest.fixture(scope="module")
 def reasoning_server() -> Iterator[Served]:
-    env = {"LLM_REASONING_PARSER": "olmo3",
-           "LLM_ENGINE_ARGS": "--structured-outputs-config.backend xgrammar "
-                              "--structured-outputs-config.enable_in_reasoning true"}
-    with serving("reasoning", env=env) as served:
+    with serving("reasoning", env=ENV) as served:
         yield served
 
 

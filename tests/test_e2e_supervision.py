@@ -24,6 +24,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXIT_WITHIN_S = 240.0  # imports and a model load on a busy 2-core machine, then the failure
 GRACE_S = Settings.model_fields["shutdown_grace_s"].default
+# Started early (conftest.pytest_runtest_setup); the others must be watched from their start.
+SERVERS: dict[str, dict[str, str]] = {"orphan": {}}
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
