@@ -1,14 +1,26 @@
 """The chat page's JavaScript in headless Chromium, with the server faked by Playwright routes:
 the error cases a healthy engine will not produce on demand (401 without an API key, an error
-frame in the middle of a stream, a stream cut off, a proxy's plain-text error)."""
+frame in the middle of a stream, a stream cut off, a proxy's plain-text error). Stop is tested
+against a fake server of its own: a route answers with its whole body at once, so it cannot
+hold a stream open for the page to abort."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
+import uvicorn
 from playwright.sync_api import Browser, Page, Route, expect
+from starlette import routing
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.testclient import TestClient
 
 from tests.browser import DESKTOP, json_sent
@@ -155,6 +167,78 @@ def test_stream_cut_off_before_done_is_an_error(page: Page) -> None:
     open_chat(page, stream(sse(delta("Ahoy"), done=False)))
     send(page, "Hello")
     expect(page.get_by_role("alert")).to_contain_text("ended before the answer was complete")
+
+
+@contextmanager
+def serving(app: Starlette) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a port of the loopback interface; its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive(), "the fake server failed to start"
+            assert time.monotonic() < deadline, "the fake server did not start within 30 s"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def endless_completions(left: threading.Event) -> Starlette:
+    """The chat page and a fake ``/v1`` whose answer streams one delta, then stays open
+    (keep-alive comments only) until the client leaves, which sets ``left``: as an engine still
+    generating, however fast, the stream can only end early."""
+
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def completions(request: Request) -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield f"data: {json.dumps(delta('Ahoy'))}\n\n"
+                while True:  # comments: the stream notices a closed connection as it writes
+                    await asyncio.sleep(0.1)
+                    yield ": generating\n\n"
+            finally:
+                left.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[
+        routing.Mount("/chat", chat_app()), routing.Route("/v1/models", models),
+        routing.Route("/v1/chat/completions", completions, methods=["POST"])])
+
+
+def test_stop_aborts_the_stream_and_keeps_the_partial_answer(browser: Browser) -> None:
+    left = threading.Event()
+    with serving(endless_completions(left)) as url:
+        context = browser.new_context(viewport=DESKTOP)
+        try:
+            page = context.new_page()
+            page.set_default_timeout(10_000)
+            page.goto(f"{url}/chat/")
+            expect(page.locator("#model")).to_have_text(f"Model: {MODEL}")
+            send(page, "Tell a long story.")
+            answer = page.locator(".msg.assistant")
+            expect(answer).to_have_text("Ahoy")  # the stream is under way
+            assert not left.is_set(), "the stream ended before Stop"
+            page.get_by_role("button", name="Stop").click()
+            expect(page.locator("#status")).to_have_text("Stopped.")
+            expect(answer).to_have_text("Ahoy(stopped)")  # the partial answer stays, marked
+            expect(page.get_by_role("alert")).to_be_hidden()  # a stop is not an error
+            expect(page.get_by_role("button", name="Send")).to_be_enabled()
+            expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+            # The server saw the request go: the page aborted it, not only its own display.
+            assert left.wait(30), "the stream was still open 30 s after Stop"
+        finally:
+            context.close()
 
 
 def test_history_and_settings_go_into_each_request(page: Page) -> None:

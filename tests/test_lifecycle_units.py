@@ -1,86 +1,191 @@
-"""Unit tests of vllm_bento.lifecycle: reaping engine processes, draining on SIGTERM."""
+"""Unit tests of vllm_bento.lifecycle: reaping engine processes, draining on SIGTERM.
+
+No test sleeps for a process to start or hopes a step is quick: the processes say when they are
+ready (a line on stdout, read with a deadline), the drain's steps are recorded in the order
+they happen, and a time bound is kept only where it is the contract, generous against a timeout
+under test that is far longer, so a loaded 2-core machine passes and a broken early return
+fails.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import select
+import shlex
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import pytest
 
 from vllm_bento import admission
-from vllm_bento.admission import Admission, Admitted, default_max_in_flight
+from vllm_bento.admission import SHUTDOWN, Admission, Admitted, default_max_in_flight
 from vllm_bento.lifecycle import EngineProcesses, drain, running
+
+REAP_TIMEOUT_S = 60.0  # what reap would wait for a process that ignores SIGTERM
+REAP_BOUND_S = 10.0  # reap of processes that end on SIGTERM returns well before that
+WAIT_S = 60.0  # for a process to report, a task to end: a deadline, not an expected time
+
+
+@contextlib.contextmanager
+def shell(script: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``bash -c script``, its stdout unbuffered for ``printed``; on exit the shell and its
+    children still under it are killed."""
+    with subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, bufsize=0) as process:
+        root = psutil.Process(process.pid)
+        try:
+            yield process
+        finally:
+            children: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):  # gone: its children are orphans
+                children = root.children(recursive=True)
+            for p in children:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            process.kill()
+
+
+def printed(process: subprocess.Popen[bytes], count: int) -> dict[str, int]:
+    """The first ``count`` lines ``process`` prints, each ``<name> <pid>``, as {name: pid}.
+
+    Raises:
+        AssertionError: they did not all come within ``WAIT_S``; says which did.
+    """
+    assert process.stdout is not None
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + WAIT_S
+    while len(seen) < count:
+        ready, _, _ = select.select([process.stdout], [], [], max(0, deadline - time.monotonic()))
+        line = process.stdout.readline().decode() if ready else ""  # unbuffered: no line held
+        if not line:
+            raise AssertionError(f"{count} lines expected within {WAIT_S:.0f} s, got {seen} "
+                                 f"(shell {'running' if process.poll() is None else 'exited'})")
+        name, pid = line.split()
+        seen[name] = int(pid)
+    return seen
 
 
 def test_reap_ends_noted_processes_even_once_orphaned() -> None:
     # A shell whose child outlives it: the child is re-parented away, as a vLLM worker is when
-    # its EngineCore dies.
-    shell = subprocess.Popen(["bash", "-c", "sleep 60 & sleep 2"])
-    time.sleep(0.5)
-    procs = EngineProcesses()
-    procs.note(psutil.Process(shell.pid))  # not pytest's own children: other servers run there
-    sleeper = next(p for p in psutil.Process(shell.pid).children() if "60" in p.cmdline())
-    shell.wait()
-    assert sleeper.is_running() and sleeper.ppid() != shell.pid
-    procs.reap(timeout_s=2)
-    assert not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE
+    # its EngineCore dies. The shell names its child, then exits when the test closes its stdin.
+    with shell("sleep 60 & echo sleeper $!; read _") as orphaning:
+        sleeper = psutil.Process(printed(orphaning, 1)["sleeper"])
+        try:
+            procs = EngineProcesses()
+            procs.note(psutil.Process(orphaning.pid))  # not pytest's: other servers run there
+            assert orphaning.stdin is not None
+            orphaning.stdin.close()
+            orphaning.wait(timeout=WAIT_S)
+            assert running(sleeper) and sleeper.ppid() != orphaning.pid
+            start = time.monotonic()
+            procs.reap(timeout_s=REAP_TIMEOUT_S)
+            took = time.monotonic() - start
+            assert not running(sleeper), "reap returned with the orphan still running"
+            # It ended on SIGTERM: reap returned then, not after its timeout.
+            assert took < REAP_BOUND_S, f"reap took {took:.1f} s for a process ending on SIGTERM"
+        finally:
+            with contextlib.suppress(psutil.Error):
+                sleeper.kill()  # an orphan: the shell's clean-up no longer finds it
+
+
+# The resource tracker's command line, and as it does, SIGTERM ignored; says so once it is.
+TRACKER_LIKE = ("import multiprocessing.resource_tracker, os, signal, time; "
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('tracker', os.getpid(), flush=True); time.sleep(60)")
 
 
 def test_reap_leaves_the_multiprocessing_resource_tracker_alone() -> None:
     """It ignores SIGTERM (reaping it made every stop wait 5 s) and ends once the server does."""
-    tracker_like = "import multiprocessing.resource_tracker, time; time.sleep(60)"
-    shell = subprocess.Popen(["bash", "-c", f"python3 -c '{tracker_like}' & sleep 60 & wait"])
-    try:
-        time.sleep(1)
+    script = (f"{shlex.quote(sys.executable)} -c {shlex.quote(TRACKER_LIKE)} & "
+              "sleep 60 & echo sleeper $!; wait")
+    with shell(script) as server:
+        pids = printed(server, 2)  # the tracker's line comes once SIGTERM is ignored
+        tracker, sleeper = psutil.Process(pids["tracker"]), psutil.Process(pids["sleeper"])
         procs = EngineProcesses()
-        procs.note(psutil.Process(shell.pid))
-        children = psutil.Process(shell.pid).children()
-        tracker = next(p for p in children if "resource_tracker" in " ".join(p.cmdline()))
-        sleeper = next(p for p in children if p is not tracker)
+        procs.note(psutil.Process(server.pid))
         start = time.monotonic()
-        procs.reap(timeout_s=5)
-        assert time.monotonic() - start < 2
-        assert tracker.is_running() and not running(sleeper)  # a zombie has exited
-    finally:
-        for p in psutil.Process(shell.pid).children():
-            p.kill()
-        shell.kill()
-        shell.wait()
+        procs.reap(timeout_s=REAP_TIMEOUT_S)
+        took = time.monotonic() - start
+        assert running(tracker), "the resource tracker was reaped"
+        assert not running(sleeper), "reap returned with an engine process still running"
+        # Reaping the tracker too would wait out the whole timeout, then kill it.
+        assert took < REAP_BOUND_S, f"reap took {took:.1f} s: it waited for the tracker"
 
 
-def drain_with(request_task: Callable[[Admitted], Coroutine[Any, Any, None]],
-               state: Admission, grace_s: float) -> tuple[float, bool]:
-    """Drain ``state`` with one request in flight running ``request_task``; returns when the
-    drain handed over to uvicorn, in seconds, and whether the request had to be cancelled."""
+@dataclass
+class Drained:
+    """What a drain did to the one request in flight, steps in the order they happened."""
 
-    async def run() -> tuple[float, bool]:
+    steps: list[str] = field(default_factory=list)
+    # Seconds from the drain's start; NaN (which fails every bound) until it happened.
+    cut_s: float = math.nan  # the request was told to end
+    handed_over_s: float = math.nan  # the drain handed over to uvicorn
+    cancelled: bool = False
+
+
+def drain_with(request_task: Callable[[Admitted, Drained], Coroutine[Any, Any, None]],
+               state: Admission, grace_s: float) -> Drained:
+    """Drain ``state`` with one request in flight running ``request_task``, which may add its
+    own steps; returns once the drain handed over and the request's task ended (or ``WAIT_S``
+    passed: then ``cancelled`` is False)."""
+    drained = Drained()
+
+    async def run() -> None:
         request = Admitted(None)
-        request.task = asyncio.create_task(request_task(request))
+        request.task = asyncio.create_task(request_task(request, drained))
         state.admitted.add(request)
         start = time.monotonic()
-        handed_over: list[float] = []
-        await drain(state, grace_s, lambda: handed_over.append(time.monotonic() - start))
-        await asyncio.sleep(0)
-        return handed_over[0], request.task.cancelled()
 
-    return asyncio.run(run())
+        async def note_cut() -> None:
+            await request.cut.wait()
+            drained.cut_s = time.monotonic() - start
+
+        watcher = asyncio.create_task(note_cut())
+
+        def hand_over() -> None:
+            drained.handed_over_s = time.monotonic() - start
+            drained.steps.append("handed over")
+
+        await drain(state, grace_s, hand_over)
+        await asyncio.wait({request.task}, timeout=WAIT_S)
+        drained.cancelled = request.task.cancelled()
+        watcher.cancel()
+
+    asyncio.run(run())
+    assert not math.isnan(drained.handed_over_s), f"the drain never handed over: {drained}"
+    return drained
 
 
-def test_drain_refuses_new_requests_waits_then_ends_the_rest_early() -> None:
+def test_drain_refuses_new_requests_waits_then_ends_the_rest_early(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Far above the bound below: a drain that waited this out after the request ended, instead
+    # of handing over at once, fails.
+    monkeypatch.setattr(admission, "ABORT_WAIT_S", 60.0)
     state = Admission()
     state.open()
+    grace_s = 0.3
 
-    async def ends_when_cut(request: Admitted) -> None:  # as the gate's requests do
+    async def ends_when_cut(request: Admitted, drained: Drained) -> None:  # as the gate's do
+        drained.steps.append(f"running, refusal: {state.refusal}")
         await request.cut.wait()
+        drained.steps.append("ended")
         state.admitted.discard(request)
 
-    handed_over_s, cancelled = drain_with(ends_when_cut, state, grace_s=0.3)
-    assert state.stopping and state.refusal == "The server is shutting down."
-    assert 0.3 <= handed_over_s < 1.0 and not cancelled
+    drained = drain_with(ends_when_cut, state, grace_s)
+    assert state.stopping and state.refusal == SHUTDOWN
+    # New requests were refused from the start, while this one ran on; it was ended (not
+    # cancelled) and only then did the drain hand over.
+    assert drained.steps == [f"running, refusal: {SHUTDOWN}", "ended", "handed over"], drained
+    assert not drained.cancelled
+    assert drained.cut_s >= grace_s, drained  # only once the grace ran out
+    assert drained.handed_over_s < grace_s + 10, drained
 
 
 def test_drain_cancels_a_request_that_does_not_end_when_cut(
@@ -88,12 +193,16 @@ def test_drain_cancels_a_request_that_does_not_end_when_cut(
     monkeypatch.setattr(admission, "ABORT_WAIT_S", 0.2)
     state = Admission()
     state.open()
+    grace_s = 0.3
 
-    async def deaf(request: Admitted) -> None:
-        await asyncio.sleep(60)
+    async def deaf(request: Admitted, drained: Drained) -> None:
+        await asyncio.Event().wait()  # ignores the cut: only cancelling ends it
 
-    handed_over_s, cancelled = drain_with(deaf, state, grace_s=0.3)
-    assert 0.3 + 1.2 <= handed_over_s < 3.0 and cancelled
+    drained = drain_with(deaf, state, grace_s)
+    assert drained.cancelled, f"still running {WAIT_S:.0f} s after the drain: {drained}"
+    assert drained.cut_s >= grace_s, drained
+    # Cancelled only once it ignored the cut for ABORT_WAIT_S (+ 1 s), not at once.
+    assert drained.handed_over_s >= grace_s + 0.2 + 1, drained
 
 
 def test_default_cap_lets_a_full_batch_wait_behind_the_running_one() -> None:
