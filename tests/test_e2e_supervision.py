@@ -5,6 +5,7 @@ engine and exits instead of holding the port and the memory as an orphan."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import psutil
 import pytest
 
 from tests import served
-from vllm_bento.lifecycle import is_resource_tracker, running
+from vllm_bento.lifecycle import command_line, is_resource_tracker, running
 from vllm_bento.packaged_model import ensure_packaged_model
 from vllm_bento.settings import Settings
 
@@ -89,36 +90,89 @@ def test_an_engine_that_cannot_start_ends_the_server_once(
     assert not left, [(p.pid, p.name()) for p in left]
 
 
-def test_sigterm_while_the_engine_starts_is_a_clean_stop() -> None:
-    """The supervisor's SIGTERM also ends the engine processes' start (circus signals the
-    worker's children): that is a stop, not an engine failure, so `bentoml serve` exits 0
-    within the grace period, as any stop does, leaving no process."""
-    server = served.start("sigterm-starting")
+# Moments of a start, each found from the server's own log and process tree (no fixed sleep):
+# each lasts seconds here and minutes on a GPU.
+HOOK_BEGUN = "Running startup hook: start_engine"
+ENGINE_UP = "init engine (profile, create kv cache, warmup model) took"  # vLLM's engine core
+HOOK_DONE = "Completed async startup hook: start_engine"
+
+
+def has_engine(procs: list[psutil.Process]) -> bool:
+    return any("EngineCore" in (command_line(p) or "") for p in procs)
+
+
+def reached(server: served.Served, point: str) -> bool:
+    """Whether ``server``'s start is at ``point`` now."""
+    log = server.log.read_text(errors="replace")
+    procs = served.tree(server.process.pid)
+    if point == "worker importing the service":
+        return (any("_bentoml_impl.worker" in (command_line(p) or "") for p in procs)
+                and "Service vllm-llm initialized" not in log)
+    if point == "hook begun, no engine process yet":
+        return HOOK_BEGUN in log and not has_engine(procs)
+    if point == "engine loading":
+        return has_engine(procs) and ENGINE_UP not in log
+    if point == "engine up, hook not returned":
+        return ENGINE_UP in log and HOOK_DONE not in log
+    raise ValueError(point)
+
+
+def start_until(name: str, point: str) -> tuple[served.Served, set[psutil.Process]]:
+    """Start a server and return once its start is at ``point``, with every process seen in
+    its tree so far.
+
+    Raises:
+        AssertionError: the start passed ``point`` unseen (the log says where it was), or
+            took longer than ``EXIT_WITHIN_S`` to reach it.
+    """
+    server = served.start(name)
     procs: set[psutil.Process] = set()
+    deadline = time.monotonic() + EXIT_WITHIN_S
+    while not reached(server, point):
+        procs.update(p for p in served.tree(server.process.pid) if not is_resource_tracker(p))
+        log = server.log.read_text(errors="replace")
+        assert HOOK_DONE not in log and server.process.poll() is None, (
+            f"the start passed '{point}' unseen: {server.log_tail(5)}")
+        assert time.monotonic() < deadline, f"no '{point}' in {EXIT_WITHIN_S:.0f} s"
+        time.sleep(0.05)
+    procs.update(p for p in served.tree(server.process.pid) if not is_resource_tracker(p))
+    return server, procs
+
+
+SHORT = {"worker importing the service": "importing", "hook begun, no engine process yet": "hook",
+         "engine loading": "loading", "engine up, hook not returned": "engine-up",
+         "ready": "ready"}
+
+
+@pytest.mark.parametrize("point", list(SHORT)[:4])
+def test_sigterm_during_the_start_is_a_quick_clean_stop(point: str) -> None:
+    """SIGTERM at any moment of the start, as a supervisor sends it: the start is abandoned
+    (its engine processes killed), `bentoml serve` exits 0 well within the grace period, and
+    no process is left. (Just after ready, the drain takes over: test_e2e_guarded.)"""
+    server, procs = start_until(f"sigterm-{SHORT[point]}", point)
     try:
-        deadline = time.monotonic() + EXIT_WITHIN_S
-        while len(procs) < 3 and time.monotonic() < deadline:  # arbiter, worker, engine core
-            procs.update(p for p in served.tree(server.process.pid)
-                         if not is_resource_tracker(p))
-            time.sleep(0.2)
-        time.sleep(2)  # into the engine's start (it loads the model next)
-        assert "Starting vLLM for" in server.log.read_text(errors="replace")
-        assert "Application startup complete" not in server.log.read_text(errors="replace")
         server.process.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
-        code, seen = wait_noting_processes(server, GRACE_S + 15)
+        code, seen = wait_noting_processes(server, GRACE_S + 30)
         gone_after = time.monotonic() - stopped
         procs.update(seen)
-        while (left := alive(list(procs))) and time.monotonic() - stopped < GRACE_S + 15:
+        while (left := alive(list(procs))) and time.monotonic() - stopped < GRACE_S + 30:
             time.sleep(0.2)
+        all_gone_after = time.monotonic() - stopped
     finally:
         served.stop(server)
-    print(f"\nstopped while starting: exit code {code} after {gone_after:.1f} s")
+        for p in alive(list(procs)):  # leave nothing to later tests, pass or fail
+            p.kill()
+    print(f"\nSIGTERM at '{point}': exit code {code} after {gone_after:.1f} s, every process "
+          f"gone after {all_gone_after:.1f} s")
     log = server.log.read_text(errors="replace")
     assert code == 0, server.log_tail(20)
-    assert "Stopped while the vLLM engine was starting" in log
-    assert "could not start" not in log
     assert not left, [(p.pid, p.name()) for p in left]
+    if point != "worker importing the service":  # there Python's default handler ends it
+        # "before": the SIGTERM came before the start hook's own handler was in place.
+        assert re.search("Stopped (while|before) the vLLM engine", log), server.log_tail(20)
+    assert "could not start" not in log
+    assert gone_after < GRACE_S, f"{gone_after:.1f} s to exit"
 
 
 def test_a_model_folder_without_weights_is_refused_before_any_engine_starts(
@@ -134,13 +188,20 @@ def test_a_model_folder_without_weights_is_refused_before_any_engine_starts(
     assert "start_engine" not in server.log.read_text(errors="replace")
 
 
-def test_a_worker_whose_arbiter_is_killed_exits_with_its_engine() -> None:
-    server = served.start("orphan")
+@pytest.mark.parametrize("point", list(SHORT)[1:])
+def test_a_worker_whose_arbiter_is_killed_exits_with_its_engine(point: str) -> None:
     procs: list[psutil.Process] = []
-    try:
+    if point == "ready":
+        server = served.start("orphan")
         served.wait_ready(server)
         procs = served.tree(server.process.pid)  # arbiter, worker, engine core, its worker
-        assert len(procs) >= 3, procs
+    else:
+        server, seen = start_until(f"orphan-{SHORT[point]}", point)
+        procs = list(seen)
+    try:
+        procs = list({*procs, *served.tree(server.process.pid)})
+        # the arbiter and its worker, and the engine's processes once they exist
+        assert len(procs) >= 2 and has_engine(procs) == (point != list(SHORT)[1]), procs
         server.process.send_signal(signal.SIGKILL)  # what an OOM killer does to `bentoml serve`
         server.process.wait()
         killed = time.monotonic()
@@ -151,7 +212,7 @@ def test_a_worker_whose_arbiter_is_killed_exits_with_its_engine() -> None:
         served.stop(server)
         for p in alive(procs):  # leave nothing to later tests, pass or fail
             p.kill()
-    print(f"\norphaned worker and engine gone {gone_after:.1f} s after the arbiter")
+    print(f"\n{point}: orphaned worker and engine gone {gone_after:.1f} s after the arbiter")
     assert not left, [(p.pid, p.name()) for p in left]
     assert port_free_within(server.port, 10), "the port is still held"
 

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from vllm_bento import admission
+from vllm_bento import admission, lifecycle
 from vllm_bento.admission import SHUTDOWN, Admission, Admitted, default_max_in_flight
 from vllm_bento.lifecycle import EngineProcesses, drain, running
 
@@ -208,3 +208,40 @@ def test_drain_cancels_a_request_that_does_not_end_when_cut(
 def test_default_cap_lets_a_full_batch_wait_behind_the_running_one() -> None:
     # vLLM's defaults: 256 sequences on most GPUs, 1024 on H100/H200-class ones.
     assert default_max_in_flight(256) == 512 and default_max_in_flight(1024) == 2048
+
+
+def test_end_start_kills_children_as_they_appear_while_starting() -> None:
+    """A start under way is abandoned: every child of the worker (here a shell) is killed, one
+    spawned after the first pass too, until the start is over; then children are left alone."""
+    starting = True
+    script = ("sleep 600 & echo first $!; read _; sleep 600 & echo late $!; read _; "
+              "sleep 600 & echo after $!; read _")
+    with shell(script) as worker:
+        assert worker.stdin is not None
+        thread = lifecycle.end_start(lambda: starting, psutil.Process(worker.pid))
+        first = psutil.Process(printed(worker, 1)["first"])
+        first.wait(WAIT_S)  # raises psutil.TimeoutExpired if it was left running
+        worker.stdin.write(b"\n")
+        late = psutil.Process(printed(worker, 1)["late"])
+        late.wait(WAIT_S)
+        starting = False
+        thread.join(WAIT_S)
+        assert not thread.is_alive(), "it ran on after the start was over"
+        worker.stdin.write(b"\n")
+        after = psutil.Process(printed(worker, 1)["after"])
+        with pytest.raises(psutil.TimeoutExpired):  # a child once started is left alone
+            after.wait(lifecycle.KILL_POLL_S * 5)
+
+
+def test_a_sigterm_before_the_hook_is_seen_in_uvicorns_handler() -> None:
+    class Server:  # uvicorn.Server's shape: handle_exit sets should_exit
+        should_exit = False
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            self.should_exit = True
+
+    server = Server()
+    assert not lifecycle.uvicorn_should_exit(server.handle_exit)
+    server.handle_exit(15, None)
+    assert lifecycle.uvicorn_should_exit(server.handle_exit)
+    assert not lifecycle.uvicorn_should_exit(lambda *_: None)  # not uvicorn's: no such state

@@ -5,6 +5,15 @@ Stop (SIGTERM): the gate refuses new requests with 503 at once; requests in flig
 requests; clients get a 503, on a stream an error event); then uvicorn's own shutdown runs the
 service's shutdown hook, which stops the engine.
 
+Stop while starting (SIGTERM before the engine serves, at any moment of its start): the start
+is abandoned, not awaited. The engine's processes are killed by PID as they appear (vLLM's engine
+core defers SIGTERM until its start is over, minutes on a GPU, and vLLM's own wait for it blocks
+the event loop), the start hook returns, and uvicorn's shutdown runs at once. A SIGTERM that
+came before the hook began skips the engine start altogether.
+
+Arbiter death (SIGKILL of ``bentoml serve``): a thread, independent of the event loop that an
+engine start blocks, notices the worker was orphaned and ends it with its engine processes.
+
 Engine death: the gate refuses new requests with 503 and ``/readyz`` turns 503; requests in
 flight get vLLM's error; after a short pause the whole server exits non-zero, so the supervisor
 that started it (Kubernetes, BentoCloud, systemd) starts a new one. In-process recovery is not
@@ -18,6 +27,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -37,7 +47,8 @@ DEATH_EXIT_DELAY_S = 1.0  # lets requests in flight receive their error before t
 EXIT_CODE_ENGINE_DEAD = 3
 EXIT_CODE_ENGINE_START_FAILED = 4
 EXIT_CODE_ARBITER_GONE = 5
-ARBITER_POLL_S = 1.0
+ARBITER_POLL_S = 0.5
+KILL_POLL_S = 0.1
 
 SignalHandler = Callable[[int, FrameType | None], Any]
 
@@ -95,19 +106,52 @@ async def watch_engine(engine: EngineClient, state: Admission,
     exit_server(processes, EXIT_CODE_ENGINE_DEAD)
 
 
-async def watch_arbiter(processes: EngineProcesses) -> None:
-    """End this worker and its engine once the process that started it is gone.
+PARENT_AT_IMPORT = os.getppid()
+"""This worker's parent (BentoML's arbiter) as the service was imported, early in its start."""
+
+
+def watch_arbiter(processes: EngineProcesses) -> threading.Thread:
+    """End this worker and its engine once the process that started it is gone; returns the
+    (daemon) thread that watches, started.
 
     BentoML's arbiter (``bentoml serve``) runs the worker in a session of its own, so when the
     arbiter is SIGKILLed (an OOM killer, an impatient supervisor) nothing tells the worker: it
     would keep the engine, the GPU memory and the port, and the supervisor's restart could not
-    bind. Orphaned, the worker is re-parented, which is what this polls for.
+    bind. Orphaned, the worker is re-parented, which is what this polls for, every
+    ``ARBITER_POLL_S``. A thread, not a task: vLLM's engine start blocks the event loop for as
+    long as the engine takes to start (minutes on a GPU).
     """
-    parent = os.getppid()
-    while os.getppid() == parent:
-        await asyncio.sleep(ARBITER_POLL_S)
-    logger.error("The BentoML arbiter (pid %d) is gone; stopping the engine and exiting", parent)
-    exit_server(processes, EXIT_CODE_ARBITER_GONE)
+    def watch() -> None:
+        while os.getppid() == PARENT_AT_IMPORT:
+            time.sleep(ARBITER_POLL_S)
+        logger.error("The BentoML arbiter (pid %d) is gone; stopping the engine and exiting",
+                     PARENT_AT_IMPORT)
+        exit_server(processes, EXIT_CODE_ARBITER_GONE)
+
+    thread = threading.Thread(target=watch, name="watch-arbiter", daemon=True)
+    thread.start()
+    return thread
+
+
+def end_start(starting: Callable[[], bool],
+              worker: psutil.Process | None = None) -> threading.Thread:
+    """Kill the child processes of ``worker`` (this process by default: the engine's, but for
+    the resource tracker) as they appear, for as long as ``starting()`` holds: a start under
+    way is abandoned, not awaited. Returns the (daemon) thread that does it, started.
+
+    SIGKILL, because vLLM's engine core defers SIGTERM until its own start is over; a child
+    spawned after the first pass is caught by the next, ``KILL_POLL_S`` later."""
+    def kill_while_starting() -> None:
+        while starting():
+            for child in (worker or psutil.Process()).children(recursive=True):
+                if not is_resource_tracker(child):
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+            time.sleep(KILL_POLL_S)
+
+    thread = threading.Thread(target=kill_while_starting, name="end-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def exit_server(processes: EngineProcesses, code: int) -> NoReturn:
@@ -155,22 +199,41 @@ def is_bentoml_arbiter(process: psutil.Process) -> bool:
     return cmdline is not None and ("circus" in process.name() or "bentoml" in cmdline)
 
 
-def install_drain_on_sigterm(state: Admission, grace_s: float) -> None:
+def uvicorn_should_exit(handler: object) -> bool:
+    """Whether ``handler`` is uvicorn's SIGTERM handler (``Server.handle_exit``) and has already
+    been called: a SIGTERM that came before this worker's start hook ran."""
+    return bool(getattr(getattr(handler, "__self__", None), "should_exit", False))
+
+
+def install_drain_on_sigterm(state: Admission, grace_s: float,
+                             starting: Callable[[], bool] = lambda: False) -> bool:
     """Replace uvicorn's SIGTERM handler (installed before start-up hooks run) with one that
-    drains first and then hands over to it."""
+    drains first and then hands over to it. A SIGTERM while ``starting()`` also ends the start
+    (``end_start``).
+
+    Returns False when uvicorn was told to exit before this was called (there is then nothing
+    to start), else True.
+    """
     loop = asyncio.get_running_loop()
     uvicorn_handler = signal.getsignal(signal.SIGTERM)
     if not callable(uvicorn_handler):
         logger.warning("No SIGTERM handler to chain to; shutdown will not drain")
-        return
+        return True
+    if uvicorn_should_exit(uvicorn_handler):
+        state.stop_requested = True
+        return False
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if not state.stop_requested and starting():
+            logger.info("SIGTERM while the vLLM engine starts: ending its processes")
+            end_start(starting)
         state.stop_requested = True
         loop.call_soon_threadsafe(
             lambda: loop.create_task(drain(state, grace_s, lambda: uvicorn_handler(signum, frame)))
         )
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    return True
 
 
 async def drain(state: Admission, grace_s: float, then: Callable[[], object]) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AsyncExitStack
+import threading
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import TYPE_CHECKING
 
 from vllm_bento import hardware, lifecycle
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from vllm_bento.control_tokens import ControlTokens
 
 logger = logging.getLogger(__name__)
+
+ABANDON_AFTER_S = 2.0
+"""How long a start whose engine processes were killed may take to fail before it is cancelled
+(vLLM notices a dead engine process within its poll period, about a second)."""
 
 
 class Runtime:
@@ -53,6 +58,8 @@ class Runtime:
         self.server: OpenAIServer | None = None
         self._stack = AsyncExitStack()
         self._watchdogs: list[asyncio.Task[None]] = []
+        self._starting = False  # between the start hook's beginning and its end
+        self._arbiter_watch: threading.Thread | None = None
 
     @property
     def target(self) -> FastAPI | None:
@@ -69,41 +76,78 @@ class Runtime:
         """Start the engine on ``model_path``, size admission from it, and open the gate.
 
         An engine that cannot start ends the whole server (exit code
-        ``lifecycle.EXIT_CODE_ENGINE_START_FAILED``); one stopped by SIGTERM while starting
-        returns with no engine, and the shutdown already under way stops the rest.
+        ``lifecycle.EXIT_CODE_ENGINE_START_FAILED``). A SIGTERM before or during the start
+        abandons it: its processes are killed (``lifecycle.end_start``), this returns with no
+        engine, and the shutdown that follows stops the rest.
         """
-        lifecycle.install_drain_on_sigterm(self.admission, self.settings.shutdown_grace_s)
+        if self._arbiter_watch is None:
+            self._arbiter_watch = lifecycle.watch_arbiter(self.processes)
+        self._starting = True
+        try:
+            if not lifecycle.install_drain_on_sigterm(self.admission,
+                                                      self.settings.shutdown_grace_s,
+                                                      starting=lambda: self._starting):
+                logger.info("Stopped before the vLLM engine started")
+                return
+            await self._start_engine(model_path)
+        finally:
+            self._starting = False
+
+    async def _start_engine(self, model_path: str) -> None:
         cfg = engine_config(self.settings, hardware.detect())
         logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
         try:
-            self.server = await self._stack.enter_async_context(serve_openai(cfg, model_path))
-        except Exception:
+            self.server = await self._until_started_or_abandoned(serve_openai(cfg, model_path))
+        except (Exception, asyncio.CancelledError) as exc:
             if self.admission.stop_requested:
-                # The supervisor's SIGTERM reached the engine processes too (circus signals
-                # the worker's children), ending their start: a stop, not a failure. The
-                # drain already scheduled then hands over to uvicorn's shutdown, which runs
-                # stop().
+                # The supervisor's SIGTERM: the engine's processes were killed, which failed
+                # vLLM's start (or the start was cancelled after that). A stop, not a failure:
+                # the drain already scheduled hands over to uvicorn's shutdown, which runs stop().
+                if isinstance(exc, asyncio.CancelledError):
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 logger.info("Stopped while the vLLM engine was starting")
                 self.processes.note()  # so stop() ends any that outlived the start
                 return
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             # BentoML's arbiter would start the worker again, and the engine would fail the
             # same way, a full start each round, forever: end the whole server instead, with
             # the root error as the last lines of its log.
             logger.exception("The vLLM engine could not start; exiting (a restart would fail "
                              "the same way)")
             lifecycle.exit_server(self.processes, lifecycle.EXIT_CODE_ENGINE_START_FAILED)
+        self.processes.note()
+        if self.admission.stop_requested:  # SIGTERM just as the start ended: serve nothing
+            logger.info("Stopped while the vLLM engine was starting")
+            return
         if self.admission.max_in_flight is None:
             seqs = max_num_seqs(self.server.engine)
             self.admission.max_in_flight = default_max_in_flight(seqs)
             logger.info("Admitting up to %d requests in flight (engine max_num_seqs %d)",
                         self.admission.max_in_flight, seqs)
-        self.processes.note()
-        self._watchdogs = [
-            asyncio.create_task(
-                lifecycle.watch_engine(self.server.engine, self.admission, self.processes)),
-            asyncio.create_task(lifecycle.watch_arbiter(self.processes)),
-        ]
+        self._watchdogs = [asyncio.create_task(
+            lifecycle.watch_engine(self.server.engine, self.admission, self.processes))]
         self.admission.open()
+
+    async def _until_started_or_abandoned(
+            self, server: AbstractAsyncContextManager[OpenAIServer]) -> OpenAIServer:
+        """Enter ``server`` (the engine and vLLM's app). Once a stop is requested its processes
+        are killed, which fails vLLM's start at once; should anything in it still wait after
+        ``ABANDON_AFTER_S``, the start is cancelled."""
+        entering = asyncio.current_task()
+
+        async def cancel_if_still_starting() -> None:
+            while not self.admission.stop_requested:
+                await asyncio.sleep(lifecycle.KILL_POLL_S)
+            await asyncio.sleep(ABANDON_AFTER_S)
+            if entering is not None:
+                entering.cancel()
+
+        guard = asyncio.create_task(cancel_if_still_starting())
+        try:
+            return await self._stack.enter_async_context(server)
+        finally:
+            guard.cancel()
 
     async def stop(self) -> None:
         """Refuse requests, stop the engine, close the loopback client, and end every engine
