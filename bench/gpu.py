@@ -44,9 +44,8 @@ from typing import Any
 from bench import clients, meta
 from bench import workload as wl
 from bench.metrics import RunMetrics, over_repeats, summarize
-from tests.raw_vllm import service_engine_args, start_raw
-from tests.served import ROOT, Served, stop, wait_ready
-from tests.served import start as start_service
+from launch import ROOT, Served, service_engine_args, start_raw, stop, wait_ready
+from launch import start as start_service
 from vllm_bento.settings import load_settings
 
 logger = logging.getLogger("bench.gpu")

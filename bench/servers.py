@@ -18,10 +18,9 @@ from pathlib import Path
 
 import psutil
 
-from tests.raw_vllm import raw_vllm_command
-from tests.served import ROOT, Served, free_port, launch, serve_command, stop, tree
-from tests.served import wait_ready as wait_served
-from vllm_bento.settings import EngineConfig
+from launch import ROOT, Served, free_port, launch, raw_vllm_command, serve_command, stop, tree
+from launch import wait_ready as wait_served
+from vllm_bento.engine_values import EngineConfig
 from vllm_bento.vllm_entrypoints import cli_args, engine_env
 
 __all__ = ["ROOT", "PYTHON", "Served", "free_port", "serve_command", "raw_vllm_argv", "start",

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from vllm_bento import hardware
+from vllm_bento.engine_values import EngineConfig
 from vllm_bento.packaged_model import ensure_packaged_model
-from vllm_bento.settings import EngineConfig, engine_config, load_settings
+from vllm_bento.settings import engine_config, load_settings
 
 DTYPE_BYTES = {"bfloat16": 2, "half": 2, "float16": 2, "float32": 4}
 WARMUP_SEED = 999_999  # prompts no measured run uses

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, Request, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, Page, Request, ViewportSize, expect, sync_playwright
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 # Headless on a container without a GPU or a user namespace, and no calls home.
@@ -38,3 +38,19 @@ def json_sent(request: Request) -> dict[str, Any]:
     body = request.post_data_json
     assert isinstance(body, dict), f"no JSON body in {request.method} {request.url}"
     return body
+
+
+@contextmanager
+def chat_page(browser: Browser, url: str, model: str, viewport: ViewportSize = DESKTOP,
+              timeout_ms: float = 60_000) -> Iterator[Page]:
+    """The chat page of the server at ``url``, opened in a fresh browser context once it has
+    read the model name ``model``; the context is closed on exit."""
+    context = browser.new_context(viewport=viewport)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(timeout_ms)
+        page.goto(f"{url}/chat/")
+        expect(page.locator("#model")).to_have_text(f"Model: {model}")
+        yield page
+    finally:
+        context.close()

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.testclient import TestClient
 
-from tests.browser import DESKTOP, json_sent
+from tests.browser import DESKTOP, chat_page, json_sent
 from vllm_bento.chat_page import chat_app
 
 ORIGIN = "http://chat.test"  # never resolved: every request to it is answered by a route
@@ -218,27 +218,20 @@ def endless_completions(left: threading.Event) -> Starlette:
 
 def test_stop_aborts_the_stream_and_keeps_the_partial_answer(browser: Browser) -> None:
     left = threading.Event()
-    with serving(endless_completions(left)) as url:
-        context = browser.new_context(viewport=DESKTOP)
-        try:
-            page = context.new_page()
-            page.set_default_timeout(10_000)
-            page.goto(f"{url}/chat/")
-            expect(page.locator("#model")).to_have_text(f"Model: {MODEL}")
-            send(page, "Tell a long story.")
-            answer = page.locator(".msg.assistant")
-            expect(answer).to_have_text("Ahoy")  # the stream is under way
-            assert not left.is_set(), "the stream ended before Stop"
-            page.get_by_role("button", name="Stop").click()
-            expect(page.locator("#status")).to_have_text("Stopped.")
-            expect(answer).to_have_text("Ahoy(stopped)")  # the partial answer stays, marked
-            expect(page.get_by_role("alert")).to_be_hidden()  # a stop is not an error
-            expect(page.get_by_role("button", name="Send")).to_be_enabled()
-            expect(page.get_by_role("button", name="Stop")).to_be_disabled()
-            # The server saw the request go: the page aborted it, not only its own display.
-            assert left.wait(30), "the stream was still open 30 s after Stop"
-        finally:
-            context.close()
+    with serving(endless_completions(left)) as url, chat_page(browser, url, MODEL,
+                                                              timeout_ms=10_000) as page:
+        send(page, "Tell a long story.")
+        answer = page.locator(".msg.assistant")
+        expect(answer).to_have_text("Ahoy")  # the stream is under way
+        assert not left.is_set(), "the stream ended before Stop"
+        page.get_by_role("button", name="Stop").click()
+        expect(page.locator("#status")).to_have_text("Stopped.")
+        expect(answer).to_have_text("Ahoy(stopped)")  # the partial answer stays, marked
+        expect(page.get_by_role("alert")).to_be_hidden()  # a stop is not an error
+        expect(page.get_by_role("button", name="Send")).to_be_enabled()
+        expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+        # The server saw the request go: the page aborted it, not only its own display.
+        assert left.wait(30), "the stream was still open 30 s after Stop"
 
 
 def test_history_and_settings_go_into_each_request(page: Page) -> None:

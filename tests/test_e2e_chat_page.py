@@ -10,8 +10,7 @@ machine: the same tests hold on a loaded 2-core CPU and on a GPU that streams 30
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from itertools import pairwise
 
 import httpx
@@ -19,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, Request, ViewportSize, expect
 
 from tests.browser import DESKTOP, PHONE, json_sent
+from tests.browser import chat_page as browser_chat_page
 from tests.conftest import MODEL
 from tests.metrics import finished_requests, generated_tokens, seconds_until_generation_stops
 from tests.served import ARTIFACTS, Served
@@ -47,18 +47,11 @@ RECORD_ANSWER_TEXTS = """() => {
 }"""
 
 
-@contextmanager
-def chat_page(browser: Browser, server: Served, viewport: ViewportSize) -> Iterator[Page]:
-    """/chat opened in a fresh browser context, once it has read the model name."""
-    context = browser.new_context(viewport=viewport)
-    try:
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(f"{server.url}/chat")
-        expect(page.locator("#model")).to_have_text(f"Model: {MODEL}")
-        yield page
-    finally:
-        context.close()
+def chat_page(browser: Browser, server: Served, viewport: ViewportSize
+              ) -> AbstractContextManager[Page]:
+    """/chat of the served instance opened in a fresh browser context, once it has read the
+    model name."""
+    return browser_chat_page(browser, server.url, MODEL, viewport)
 
 
 def ask(page: Page, text: str, max_tokens: int, temperature: float = 0) -> None:

@@ -10,8 +10,9 @@ from bentoml._internal.utils.args import set_arguments
 from pydantic import ValidationError
 
 from vllm_bento import hardware
+from vllm_bento.engine_values import EngineConfig
 from vllm_bento.hardware import Hardware
-from vllm_bento.settings import PACKAGED_MODEL_ID, EngineConfig, engine_config, load_settings
+from vllm_bento.settings import PACKAGED_MODEL_ID, engine_config, load_settings
 from vllm_bento.vllm_entrypoints import cli_args
 
 AVX2_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "fma"}))

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from bench import dummy_model
+from vllm_bento.engine_values import EngineConfig
 from vllm_bento.hardware import Hardware
 from vllm_bento.packaged_model import ensure_packaged_model
-from vllm_bento.settings import EngineConfig, engine_config, load_settings
+from vllm_bento.settings import engine_config, load_settings
 from vllm_bento.vllm_entrypoints import (
     MANAGED_FLAGS,
     RUNTIME_LORA_ENV,

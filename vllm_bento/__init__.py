@@ -3,6 +3,7 @@
 Modules, each named for what it holds:
 
 - ``settings``: the one typed settings object and its hardware-aware defaults.
+- ``engine_values``: ``EngineConfig``, the concrete values an engine starts with.
 - ``hardware``: what this machine can run (GPUs, bf16 on the CPU).
 - ``packaged_model``: the offline default model, converted into the BentoML model store.
 - ``vllm_entrypoints``: the only code that touches vLLM's internal entrypoint modules.

@@ -16,7 +16,6 @@ import json
 import math
 import re
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from vllm_bento import model_folder
+from vllm_bento.engine_values import EngineConfig
 from vllm_bento.hardware import Hardware
 
 PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -452,30 +452,6 @@ class BuildArgsSource(PydanticBaseSettingsSource):
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings now; keyword arguments override every other source (for tests)."""
     return Settings(**overrides)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Concrete engine values: the settings with every hardware-dependent default filled in."""
-
-    served_model_name: str
-    max_model_len: int
-    dtype: str
-    enable_prefix_caching: bool
-    enforce_eager: bool
-    tensor_parallel_size: int
-    gpu_memory_utilization: float | None  # GPU only
-    cpu_kv_cache_gib: int | None  # CPU only
-    shutdown_timeout_s: int = 0  # how long the engine drains on SIGTERM before aborting
-    tool_call_parser: str | None = None
-    chat_template: str | None = None
-    reasoning_parser: str | None = None
-    enable_lora: bool = False
-    lora_modules: tuple[tuple[str, str], ...] = ()  # (name, absolute folder)
-    max_lora_rank: int | None = None  # None: vLLM's default
-    max_loras: int | None = None  # None: vLLM's default
-    allow_runtime_lora: bool = False  # vLLM's load/unload adapter routes
-    extra_args: tuple[str, ...] = ()  # LLM_ENGINE_ARGS, after the flags above
 
 
 def default_dtype(hw: Hardware) -> str:

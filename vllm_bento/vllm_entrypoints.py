@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 from vllm_bento.control_tokens import ControlTokens
-from vllm_bento.settings import EngineConfig
+from vllm_bento.engine_values import EngineConfig
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

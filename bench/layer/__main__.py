@@ -42,8 +42,8 @@ from bench.layer.summary import (
     rounded,
     summarize,
 )
-from tests.served import Served, free_port, launch, own_bentoml_home, serve_command, stop, tree
-from tests.served import wait_ready as wait_served
+from launch import Served, free_port, launch, own_bentoml_home, serve_command, stop, tree
+from launch import wait_ready as wait_served
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULT = ROOT / "bench" / "results" / "layer.json"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from bench.layer.standin import app as standin_app
 from vllm_bento import vllm_entrypoints
 from vllm_bento.control_tokens import ControlTokens
-from vllm_bento.settings import EngineConfig
+from vllm_bento.engine_values import EngineConfig
 
 if TYPE_CHECKING:
     from vllm.engine.protocol import EngineClient
