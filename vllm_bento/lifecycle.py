@@ -6,10 +6,10 @@ requests; clients get a 503, on a stream an error event); then uvicorn's own shu
 service's shutdown hook, which stops the engine.
 
 Stop while starting (SIGTERM before the engine serves, at any moment of its start): the start
-is abandoned, not awaited. The engine's processes are killed by PID as they appear (vLLM's engine
-core defers SIGTERM until its start is over, minutes on a GPU, and vLLM's own wait for it blocks
-the event loop), the start hook returns, and uvicorn's shutdown runs at once. A SIGTERM that
-came before the hook began skips the engine start altogether.
+is abandoned, not awaited. The engine's processes are killed by PID and the worker exits 0 at
+once (vLLM's engine core defers SIGTERM until its start is over, minutes on a GPU, and vLLM's
+set-up and its wait for the engine block the event loop). A SIGTERM that came before the start
+hook began skips the engine start altogether.
 
 Arbiter death (SIGKILL of ``bentoml serve``): a thread, independent of the event loop that an
 engine start blocks, notices the worker was orphaned and ends it with its engine processes.
@@ -48,7 +48,6 @@ EXIT_CODE_ENGINE_DEAD = 3
 EXIT_CODE_ENGINE_START_FAILED = 4
 EXIT_CODE_ARBITER_GONE = 5
 ARBITER_POLL_S = 0.5
-KILL_POLL_S = 0.1
 
 SignalHandler = Callable[[int, FrameType | None], Any]
 
@@ -133,25 +132,22 @@ def watch_arbiter(processes: EngineProcesses) -> threading.Thread:
     return thread
 
 
-def end_start(starting: Callable[[], bool],
-              worker: psutil.Process | None = None) -> threading.Thread:
-    """Kill the child processes of ``worker`` (this process by default: the engine's, but for
-    the resource tracker) as they appear, for as long as ``starting()`` holds: a start under
-    way is abandoned, not awaited. Returns the (daemon) thread that does it, started.
+def abandon_start() -> NoReturn:
+    """End a start under way at once: kill this worker's child processes (the engine's, but for
+    the resource tracker, which exits by itself and cleans up after them) and exit 0.
 
-    SIGKILL, because vLLM's engine core defers SIGTERM until its own start is over; a child
-    spawned after the first pass is caught by the next, ``KILL_POLL_S`` later."""
-    def kill_while_starting() -> None:
-        while starting():
-            for child in (worker or psutil.Process()).children(recursive=True):
-                if not is_resource_tracker(child):
-                    with contextlib.suppress(psutil.Error):
-                        child.kill()
-            time.sleep(KILL_POLL_S)
-
-    thread = threading.Thread(target=kill_while_starting, name="end-start", daemon=True)
-    thread.start()
-    return thread
+    Nothing is served yet, so nothing is lost, and nothing is awaited: vLLM's engine core
+    defers SIGTERM until its own start is over (minutes on a GPU), and vLLM's set-up before it
+    spawns the engine, and its wait for the engine, run in the event loop's thread, which would
+    keep a graceful shutdown waiting for all of it (28 s seen on an H200 for the set-up alone).
+    """
+    logger.info("Stopped while the vLLM engine was starting: ending its processes and exiting")
+    for child in psutil.Process().children(recursive=True):
+        if not is_resource_tracker(child):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    logging.shutdown()  # flush the log: os._exit skips it
+    os._exit(0)
 
 
 def exit_server(processes: EngineProcesses, code: int) -> NoReturn:
@@ -208,8 +204,8 @@ def uvicorn_should_exit(handler: object) -> bool:
 def install_drain_on_sigterm(state: Admission, grace_s: float,
                              starting: Callable[[], bool] = lambda: False) -> bool:
     """Replace uvicorn's SIGTERM handler (installed before start-up hooks run) with one that
-    drains first and then hands over to it. A SIGTERM while ``starting()`` also ends the start
-    (``end_start``).
+    drains first and then hands over to it. A SIGTERM while ``starting()`` ends the start and
+    the worker instead (``abandon_start``).
 
     Returns False when uvicorn was told to exit before this was called (there is then nothing
     to start), else True.
@@ -224,9 +220,8 @@ def install_drain_on_sigterm(state: Admission, grace_s: float,
         return False
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if not state.stop_requested and starting():
-            logger.info("SIGTERM while the vLLM engine starts: ending its processes")
-            end_start(starting)
+        if starting():
+            abandon_start()
         state.stop_requested = True
         loop.call_soon_threadsafe(
             lambda: loop.create_task(drain(state, grace_s, lambda: uvicorn_handler(signum, frame)))

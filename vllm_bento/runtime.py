@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from vllm_bento import hardware, lifecycle
@@ -30,9 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ABANDON_AFTER_S = 2.0
-"""How long a start whose engine processes were killed may take to fail before it is cancelled
-(vLLM notices a dead engine process within its poll period, about a second)."""
 
 
 class Runtime:
@@ -76,9 +73,9 @@ class Runtime:
         """Start the engine on ``model_path``, size admission from it, and open the gate.
 
         An engine that cannot start ends the whole server (exit code
-        ``lifecycle.EXIT_CODE_ENGINE_START_FAILED``). A SIGTERM before or during the start
-        abandons it: its processes are killed (``lifecycle.end_start``), this returns with no
-        engine, and the shutdown that follows stops the rest.
+        ``lifecycle.EXIT_CODE_ENGINE_START_FAILED``). A SIGTERM during the start abandons it
+        and ends the worker (``lifecycle.abandon_start``); one that came before it, this returns
+        with no engine and the shutdown already under way stops the rest.
         """
         if self._arbiter_watch is None:
             self._arbiter_watch = lifecycle.watch_arbiter(self.processes)
@@ -97,57 +94,23 @@ class Runtime:
         cfg = engine_config(self.settings, hardware.detect())
         logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
         try:
-            self.server = await self._until_started_or_abandoned(serve_openai(cfg, model_path))
-        except (Exception, asyncio.CancelledError) as exc:
-            if self.admission.stop_requested:
-                # The supervisor's SIGTERM: the engine's processes were killed, which failed
-                # vLLM's start (or the start was cancelled after that). A stop, not a failure:
-                # the drain already scheduled hands over to uvicorn's shutdown, which runs stop().
-                if isinstance(exc, asyncio.CancelledError):
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                logger.info("Stopped while the vLLM engine was starting")
-                self.processes.note()  # so stop() ends any that outlived the start
-                return
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            self.server = await self._stack.enter_async_context(serve_openai(cfg, model_path))
+        except Exception:
             # BentoML's arbiter would start the worker again, and the engine would fail the
             # same way, a full start each round, forever: end the whole server instead, with
             # the root error as the last lines of its log.
             logger.exception("The vLLM engine could not start; exiting (a restart would fail "
                              "the same way)")
             lifecycle.exit_server(self.processes, lifecycle.EXIT_CODE_ENGINE_START_FAILED)
-        self.processes.note()
-        if self.admission.stop_requested:  # SIGTERM just as the start ended: serve nothing
-            logger.info("Stopped while the vLLM engine was starting")
-            return
         if self.admission.max_in_flight is None:
             seqs = max_num_seqs(self.server.engine)
             self.admission.max_in_flight = default_max_in_flight(seqs)
             logger.info("Admitting up to %d requests in flight (engine max_num_seqs %d)",
                         self.admission.max_in_flight, seqs)
+        self.processes.note()
         self._watchdogs = [asyncio.create_task(
             lifecycle.watch_engine(self.server.engine, self.admission, self.processes))]
         self.admission.open()
-
-    async def _until_started_or_abandoned(
-            self, server: AbstractAsyncContextManager[OpenAIServer]) -> OpenAIServer:
-        """Enter ``server`` (the engine and vLLM's app). Once a stop is requested its processes
-        are killed, which fails vLLM's start at once; should anything in it still wait after
-        ``ABANDON_AFTER_S``, the start is cancelled."""
-        entering = asyncio.current_task()
-
-        async def cancel_if_still_starting() -> None:
-            while not self.admission.stop_requested:
-                await asyncio.sleep(lifecycle.KILL_POLL_S)
-            await asyncio.sleep(ABANDON_AFTER_S)
-            if entering is not None:
-                entering.cancel()
-
-        guard = asyncio.create_task(cancel_if_still_starting())
-        try:
-            return await self._stack.enter_async_context(server)
-        finally:
-            guard.cancel()
 
     async def stop(self) -> None:
         """Refuse requests, stop the engine, close the loopback client, and end every engine
