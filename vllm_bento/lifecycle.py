@@ -141,13 +141,28 @@ def abandon_start() -> NoReturn:
     spawns the engine, and its wait for the engine, run in the event loop's thread, which would
     keep a graceful shutdown waiting for all of it (28 s seen on an H200 for the set-up alone).
     """
-    logger.info("Stopped while the vLLM engine was starting: ending its processes and exiting")
-    for child in psutil.Process().children(recursive=True):
-        if not is_resource_tracker(child):
+    try:
+        kill_children()
+        logger.info("Stopped while the vLLM engine was starting: its processes ended; exiting")
+        for handler in logging.getLogger().handlers:  # os._exit skips the flush
+            with contextlib.suppress(Exception):  # a write the signal interrupted, say
+                handler.flush()
+    finally:
+        os._exit(0)
+
+
+def kill_children(passes: int = 20) -> None:
+    """SIGKILL this process's descendants, but for the resource tracker, listing them again
+    until none is left: one may spawn another between a listing and its kill (an engine core
+    starting its workers), and that one must not outlive the server either."""
+    for _ in range(passes):
+        children = [c for c in psutil.Process().children(recursive=True)
+                    if running(c) and not is_resource_tracker(c)]
+        if not children:
+            return
+        for child in children:
             with contextlib.suppress(psutil.Error):
                 child.kill()
-    logging.shutdown()  # flush the log: os._exit skips it
-    os._exit(0)
 
 
 def exit_server(processes: EngineProcesses, code: int) -> NoReturn:
@@ -159,12 +174,11 @@ def exit_server(processes: EngineProcesses, code: int) -> NoReturn:
     ``bentoml serve`` ends non-zero.
     """
     processes.kill()  # first: an orphaned worker is no longer among our children
-    me = psutil.Process()
-    for child in me.children(recursive=True):
-        with contextlib.suppress(psutil.Error):  # some have exited already
-            child.kill()
-    parent = me.parent()
-    if parent is not None and is_bentoml_arbiter(parent):
+    kill_children()
+    parent = psutil.Process().parent()
+    # Only the arbiter that started this worker: once orphaned, the parent is whatever
+    # adopted it (an init, a reaper), which is not ours to kill.
+    if parent is not None and parent.pid == PARENT_AT_IMPORT and is_bentoml_arbiter(parent):
         parent.kill()
     os._exit(code)
 
@@ -215,9 +229,6 @@ def install_drain_on_sigterm(state: Admission, grace_s: float,
     if not callable(uvicorn_handler):
         logger.warning("No SIGTERM handler to chain to; shutdown will not drain")
         return True
-    if uvicorn_should_exit(uvicorn_handler):
-        state.stop_requested = True
-        return False
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if starting():
@@ -228,6 +239,10 @@ def install_drain_on_sigterm(state: Admission, grace_s: float,
         )
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Checked once ours is in place, so that no SIGTERM falls between the two.
+    if uvicorn_should_exit(uvicorn_handler):
+        state.stop_requested = True
+        return False
     return True
 
 
