@@ -59,9 +59,6 @@ class Admission:
     loopback_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     refusal: str | None = STARTING  # None while serving
     stopping: bool = False  # set once shutdown has begun: an engine exit is then expected
-    # Set by the SIGTERM handler itself: the drain it schedules runs only once the event loop
-    # is free, which an engine start (blocking) may not leave it until it fails.
-    stop_requested: bool = False
     admitted: set[Admitted] = field(default_factory=set)  # requests in flight
 
     @property

@@ -233,17 +233,13 @@ def install_drain_on_sigterm(state: Admission, grace_s: float,
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if starting():
             abandon_start()
-        state.stop_requested = True
         loop.call_soon_threadsafe(
             lambda: loop.create_task(drain(state, grace_s, lambda: uvicorn_handler(signum, frame)))
         )
 
     signal.signal(signal.SIGTERM, on_sigterm)
     # Checked once ours is in place, so that no SIGTERM falls between the two.
-    if uvicorn_should_exit(uvicorn_handler):
-        state.stop_requested = True
-        return False
-    return True
+    return not uvicorn_should_exit(uvicorn_handler)
 
 
 async def drain(state: Admission, grace_s: float, then: Callable[[], object]) -> None:

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
 class Runtime:
     """Everything a worker serves with; the engine itself exists between ``start`` and
     ``stop``."""
