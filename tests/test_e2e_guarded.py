@@ -1,5 +1,6 @@
 """A server with API keys, a small in-flight cap and a short time limit: authentication,
-overload, time limits, client disconnects, and (last, as it stops the server) graceful shutdown.
+overload, time limits and client disconnects. (The drain at SIGTERM has a server of its own,
+``test_e2e_drain.py``, with no short time limit.)
 
 Every timing here is one the code guarantees, on this 2-core CPU and on an H200 alike (~400
 tokens/s for one stream there, 30x this CPU): a request meant to outlast a limit asks for up to
@@ -10,7 +11,6 @@ engine runs one sequence at a time, ``--max-num-seqs 1``); an abort is read from
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 import bentoml
 import httpx
 import openai
-import psutil
 import pytest
 
 from tests import served
@@ -27,9 +26,7 @@ from tests.conftest import MODEL
 from tests.metrics import (
     finished_requests,
     generated_tokens,
-    scrape,
     seconds_until_generation_stops,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -39,9 +36,6 @@ CAP = 3
 # Above the slowest normal request here (8 tokens behind two others on a busy 2-core machine),
 # below what a LONG answer takes even on an H200.
 TIME_LIMIT_S = 10
-# The drain's grace: long enough for a 8-token answer queued behind one aborted stream on a busy
-# CPU; ends (counted from the signal) before the time limit of requests admitted just before.
-GRACE_S = 6
 LONG = 8000  # tokens: 20 s or more on an H200, minutes here
 LONG_STORY = [{"role": "user", "content": "Tell me a very long story about pirates."}]
 # /generate cannot ignore EOS, and is greedy: this prompt puts SmolLM2 into a loop ("yo ho yo
@@ -52,7 +46,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 ENV = {"LLM_API_KEYS": f"other-key,{KEY}", "LLM_MAX_IN_FLIGHT": str(CAP),
-       "LLM_REQUEST_TIMEOUT_S": str(TIME_LIMIT_S), "LLM_SHUTDOWN_GRACE_S": str(GRACE_S),
+       "LLM_REQUEST_TIMEOUT_S": str(TIME_LIMIT_S),
        # Room for LONG answers (SmolLM2 has an 8k context), on /generate too.
        "LLM_MAX_MODEL_LEN": "8192", "LLM_MAX_TOKENS": str(LONG),
        "LLM_ENGINE_ARGS": "--max-num-seqs 1"}
@@ -224,83 +218,3 @@ def test_disconnect_aborts_the_engine_request(guarded: served.Served, route: str
     print(f"\n{route}: the engine stopped generating {waited:.2f} s after the client left")
     assert waited < 1.5
     assert finished_requests(guarded.url) == finished, "the answer finished: it was not aborted"
-
-
-# -- graceful shutdown (stops the server: keep last) ------------------------------------------
-
-def stream_events(server: served.Served, max_tokens: int, events: list[str]) -> None:
-    """One streaming chat of the long story, its ``data:`` lines appended to ``events`` as they
-    come. A refusal or a broken connection is appended as a line saying so."""
-    body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": max_tokens, "stream": True,
-            "ignore_eos": True}
-    try:
-        with httpx.stream("POST", f"{server.url}/v1/chat/completions", headers=AUTH, json=body,
-                          timeout=120) as r:
-            if r.status_code != 200:
-                events.append(f"status {r.status_code}: {r.read().decode()}")
-                return
-            for line in r.iter_lines():
-                if line.startswith("data:"):
-                    events.append(line)
-    except httpx.HTTPError as exc:
-        events.append(f"broken: {exc!r}")
-
-
-def finish_reasons(events: list[str]) -> list[str]:
-    return [choice["finish_reason"] for e in events if e.startswith("data: {")
-            for choice in json.loads(e.removeprefix("data:")).get("choices", [])
-            if choice.get("finish_reason")]
-
-
-def test_sigterm_drains_then_exits_cleanly(guarded: served.Served) -> None:
-    """Three requests in flight at the signal, each held there by the test, whatever the
-    machine's speed: a stream the test keeps open (``blocker``) occupies the engine's one
-    sequence slot, and a short and a long request wait behind it. After the signal the test
-    leaves the blocker: the short one then runs and finishes within the grace period, and the
-    long one runs until the grace period ends it."""
-    short: list[str] = []
-    long: list[str] = []
-
-    def queued() -> float | None:
-        return scrape(guarded.url, "vllm:num_requests_waiting")
-
-    blocker = {"model": MODEL, "messages": LONG_STORY, "max_tokens": LONG, "stream": True,
-               "ignore_eos": True}
-    with httpx.stream("POST", f"{guarded.url}/v1/chat/completions", headers=AUTH, json=blocker,
-                      timeout=120) as held:
-        lines = held.iter_lines()
-        assert next(line for line in lines if line.startswith("data:")), "no first chunk"
-        threads = []
-        for max_tokens, events in ((8, short), (LONG, long)):
-            threads.append(threading.Thread(target=stream_events,
-                                            args=(guarded, max_tokens, events)))
-            threads[-1].start()
-            wait_for(lambda: queued() == len(threads), 60,
-                     f"{len(threads)} request(s) queued behind the held stream",
-                     seen=lambda: (queued(), short, long))
-        children = guarded.descendants()
-        assert any("EngineCore" in " ".join(p.cmdline()) for p in children), children
-        assert httpx.get(f"{guarded.url}/livez", timeout=10).status_code == 200
-        guarded.process.send_signal(15)
-        wait_for(lambda: "Draining 3 request(s)" in guarded.log.read_text(), 30,
-                 "the drain of all three requests", seen=lambda: guarded.log_tail(5))
-        r = httpx.get(f"{guarded.url}/v1/models", headers=AUTH, timeout=10)
-        assert r.status_code == 503
-        assert r.json()["error"]["message"] == "The server is shutting down."
-        assert httpx.get(f"{guarded.url}/readyz", timeout=10).status_code == 503
-    # The blocker's client left: its engine request is aborted, the queued ones run.
-    for t in threads:
-        t.join(timeout=GRACE_S + 60)
-    # The short one finished normally.
-    assert finish_reasons(short) == ["length"] and short[-1] == "data: [DONE]", short[-3:]
-    # The long one was ended at the end of the grace period, visibly: an error event, no
-    # normal finish.
-    assert not finish_reasons(long), long[-3:]
-    assert long[-1] == "data: [DONE]", long[-3:]
-    error = json.loads(long[-2].removeprefix("data:"))["error"]
-    assert (error["code"], error["type"], error["message"]) == (
-        503, "service_unavailable", "The server is shutting down.")
-    # Exit 0 and no process left, the engine's included.
-    assert guarded.process.wait(60) == 0
-    _, left = psutil.wait_procs(children, timeout=15)
-    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left
