@@ -11,7 +11,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from vllm_bento.admission import SHUTDOWN, Admission, Admitted
 from vllm_bento.errors import StreamCutOff
-from vllm_bento.gate import LOOPBACK_HEADER, Disconnectable, Gate, token_counts
+from vllm_bento.gate import (
+    LOOPBACK_HEADER,
+    Disconnectable,
+    Gate,
+    requested_choices,
+    token_counts,
+)
 
 
 def scope(path: str, headers: dict[str, str] | None = None) -> Scope:
@@ -22,6 +28,19 @@ def scope(path: str, headers: dict[str, str] | None = None) -> Scope:
 async def receive() -> Message:
     await asyncio.sleep(3600)
     return {"type": "http.disconnect"}
+
+
+def receiving(*chunks: bytes) -> Receive:
+    """A client that sends its body in ``chunks`` (none: an empty body), then waits."""
+    queue = list(chunks) or [b""]
+
+    async def receive_() -> Message:
+        if queue:
+            chunk = queue.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+        return await receive()
+
+    return receive_
 
 
 def app_streaming(chunks: list[bytes], delay: float = 0.0,
@@ -36,13 +55,13 @@ def app_streaming(chunks: list[bytes], delay: float = 0.0,
     return app
 
 
-def call(gate: Gate, s: Scope) -> list[Message]:
+def call(gate: Gate, s: Scope, *body: bytes) -> list[Message]:
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    asyncio.run(gate(s, receive, send))
+    asyncio.run(gate(s, receiving(*body), send))
     return sent
 
 
@@ -115,7 +134,7 @@ def test_the_slot_is_free_before_the_last_byte_is_sent() -> None:
             in_flight_at_send.append((message.get("more_body", False), state.in_flight))
 
     gate = Gate(app_streaming([b"a", b"b"]), state)
-    asyncio.run(gate(scope("/v1/chat/completions"), receive, send))
+    asyncio.run(gate(scope("/v1/chat/completions"), receiving(), send))
     assert in_flight_at_send == [(True, 1), (True, 1), (False, 0)]
 
 
@@ -171,6 +190,7 @@ def test_a_request_cut_short_at_shutdown_is_aborted_and_answered_503(
                         "headers": [(b"content-type", b"text/event-stream")]})
         for request in state.admitted:  # what Admission.drain does
             request.cut.set()
+        assert (await receive())["type"] == "http.request"  # the body, replayed by the gate
         seen.append((await receive())["type"])
 
     sent = call(Gate(cut_by_the_drain, state), scope("/v1/chat/completions"))
@@ -199,6 +219,7 @@ def test_timeout_tells_the_app_the_client_is_gone() -> None:
     async def listening(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
+        assert (await receive())["type"] == "http.request"  # the body, replayed by the gate
         seen.append((await receive())["type"])
 
     call(Gate(listening, open_state(request_timeout_s=0.2)), scope("/v1/chat/completions"))
@@ -279,3 +300,181 @@ def test_a_direct_route_still_has_the_time_limit() -> None:
 
     gate = Gate(app_streaming([b"ok"]), open_state(request_timeout_s=0.1), direct={"/v1/": slow})
     assert status_and_body(call(gate, scope("/v1/chat/completions")))[0] == 504
+
+
+# -- bodies, n and sequences -----------------------------------------------------------------
+
+def echo_body(s: Scope, receive: Receive, send: Send) -> Any:
+    """An app that answers with the body it read."""
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    return app(s, receive, send)
+
+
+def test_the_app_reads_the_body_the_gate_read_whole() -> None:
+    sent = call(Gate(echo_body, open_state()), scope("/v1/chat/completions"),
+                b'{"messages": ', b'[], "n": 2}')
+    assert status_and_body(sent) == (200, b'{"messages": [], "n": 2}')
+
+
+def test_a_body_over_the_limit_by_its_content_length_is_413_unread() -> None:
+    read: list[Message] = []
+
+    async def recording() -> Message:
+        read.append({})
+        return {"type": "http.request", "body": b"x" * 11, "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    gate = Gate(echo_body, open_state(max_body_bytes=10))
+    asyncio.run(gate(scope("/v1/chat/completions", {"Content-Length": "11"}), recording, send))
+    status, body = status_and_body(sent)
+    assert status == 413 and read == []
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and "10 bytes" in error["message"]
+
+
+def test_a_body_over_the_limit_as_it_arrives_is_413() -> None:
+    """Chunked: no Content-Length, so the limit is checked as the chunks come."""
+    gate = Gate(echo_body, open_state(max_body_bytes=10))
+    status, body = status_and_body(call(gate, scope("/v1/completions"), b"x" * 6, b"x" * 6))
+    assert status == 413 and json.loads(body)["error"]["code"] == 413
+    exact = call(gate, scope("/v1/completions"), b"x" * 6, b"x" * 4)
+    assert status_and_body(exact) == (200, b"x" * 10)
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
+    sent_first = False
+
+    async def one_byte_then_silence() -> Message:
+        nonlocal sent_first
+        if not sent_first:
+            sent_first = True
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        return await receive()
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    gate = Gate(echo_body, open_state(body_timeout_s=0.05))
+    asyncio.run(gate(scope("/v1/chat/completions"), one_byte_then_silence, send))
+    status, body = status_and_body(sent)
+    assert status == 408 and "0.05 s" in json.loads(body)["error"]["message"]
+
+
+def test_a_client_still_sending_its_body_holds_no_slot() -> None:
+    """Cap 1: a client that sent headers and one byte, and is held there by this test, does
+    not keep another client out."""
+    state = open_state(max_in_flight=1, body_timeout_s=3600)
+    gate = Gate(echo_body, state)
+
+    async def scenario() -> tuple[int, int, list[Message]]:
+        waiting = asyncio.Event()
+
+        async def one_byte_then_wait() -> Message:
+            if not waiting.is_set():
+                waiting.set()
+                return {"type": "http.request", "body": b"{", "more_body": True}
+            return await receive()
+
+        idle_sent: list[Message] = []
+
+        async def idle_send(message: Message) -> None:
+            idle_sent.append(message)
+
+        idle = asyncio.ensure_future(gate(scope("/v1/chat/completions"), one_byte_then_wait,
+                                          idle_send))
+        await waiting.wait()
+        await asyncio.sleep(0)  # the gate is back in its read of the idle client's body
+        in_flight = state.in_flight
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await gate(scope("/v1/chat/completions"), receiving(b"{}"), send)
+        idle.cancel()
+        return in_flight, state.in_flight, sent + idle_sent
+
+    in_flight, after, sent = asyncio.run(scenario())
+    assert in_flight == 0 and after == 0
+    assert status_and_body(sent) == (200, b"{}")  # only the complete request was answered
+
+
+def test_a_client_that_leaves_while_sending_gets_no_answer(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="vllm_bento.access")
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def gone() -> Message:
+        return {"type": "http.disconnect"}
+
+    asyncio.run(Gate(echo_body, open_state())(scope("/v1/chat/completions"), gone, send))
+    assert sent == [] and "status=None" in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_n_over_max_n_is_400_naming_n(path: str) -> None:
+    gate = Gate(echo_body, open_state(max_n=128))
+    status, body = status_and_body(call(gate, scope(path), b'{"n": 129}'))
+    error = json.loads(body)["error"]
+    assert status == 400 and error["param"] == "n" and "128" in error["message"]
+    assert status_and_body(call(gate, scope(path), b'{"n": 128}'))[0] == 200
+
+
+@pytest.mark.parametrize(("body", "sequences"), [
+    (b'{"n": 3}', 3),
+    (b'{"n": 4}', 4),
+    (b'{"prompt": ["a", "b"], "n": 2}', 4),
+    (b'{"prompt": [[1, 2], [3]]}', 2),
+    (b'{"prompt": [1, 2, 3]}', 1),  # one prompt as token ids
+])
+def test_a_request_takes_one_slot_per_sequence(body: bytes, sequences: int) -> None:
+    """Cap 4 with one sequence already in flight: 3 more fit, 4 do not."""
+    state = open_state(max_in_flight=4)
+    state.admit(None)
+    seen: list[int] = []
+
+    async def app(s: Scope, receive: Receive, send: Send) -> None:
+        seen.append(state.sequences_in_flight)
+        await echo_body(s, receive, send)
+
+    status = status_and_body(call(Gate(app, state), scope("/v1/completions"), body))[0]
+    assert status == (200 if sequences <= 3 else 429)
+    assert seen == ([1 + sequences] if sequences <= 3 else [])
+    assert state.sequences_in_flight == 1
+
+
+@pytest.mark.parametrize("body", [b'{"n": 0}', b'{"n": "9"}', b'{"n": true}', b"{not json",
+                                  b'["n": 9]', b'{"n": 2.5}'])
+def test_a_body_vllm_will_refuse_counts_one_sequence(body: bytes) -> None:
+    assert requested_choices("/v1/chat/completions", body) == (1, 1)
+
+
+def test_only_the_routes_that_take_n_are_parsed_for_it() -> None:
+    assert requested_choices("/v1/chat/completions", b'{"n": 5}') == (5, 1)
+    assert requested_choices("/v1/responses", b'{"n": 5}') == (1, 1)
+    # Chat has no list of prompts: "prompt" there is not a field vLLM reads.
+    assert requested_choices("/v1/chat/completions", b'{"prompt": ["a", "b"]}') == (1, 1)
+
+
+def test_a_request_bigger_than_the_cap_runs_alone() -> None:
+    state = open_state(max_in_flight=4)
+    assert state.has_room(100)  # nothing in flight: it would never fit otherwise
+    state.admit(None)
+    assert not state.has_room(100) and state.has_room(3) and not state.has_room(4)

@@ -315,3 +315,17 @@ def test_api_keys_outside_bearer_token_characters_are_refused(keys: str) -> None
 def test_api_keys_of_bearer_token_characters_are_accepted() -> None:
     keys = "sk-abc_123.x~y+z/w==, other-key"
     assert load_settings(api_keys=keys).api_key_list == ("sk-abc_123.x~y+z/w==", "other-key")
+
+
+@pytest.mark.parametrize(("keys", "why"), [
+    ("", "holds no key"), (",", "holds no key"), (" ", "holds no key"), (" , ", "holds no key"),
+    ("k1,", "empty item"), (",k1", "empty item"), ("k1,,k2", "empty item")])
+def test_api_keys_set_but_blank_refuse_to_start(keys: str, why: str) -> None:
+    """Fail closed: an operator who set the variable asked for keys (a Secret that did not
+    mount, a template variable left empty must not open the server)."""
+    with pytest.raises(ValidationError, match=why):
+        load_settings(api_keys=keys)
+
+
+def test_api_keys_unset_means_no_keys() -> None:
+    assert load_settings().api_key_list == ()

@@ -38,9 +38,11 @@ def default_max_in_flight(max_num_seqs: int) -> int:
 
 @dataclass(eq=False)
 class Admitted:
-    """A request in flight: its task, and the event that ends it early (at shutdown)."""
+    """A request in flight: its task, the sequences it asked for (``n`` choices, or one per
+    prompt of a completions list), and the event that ends it early (at shutdown)."""
 
     task: asyncio.Task[None] | None
+    sequences: int = 1
     cut: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -48,13 +50,20 @@ class Admitted:
 class Admission:
     """What the gate enforces, and the requests it let in.
 
-    ``max_in_flight`` is None until the engine is up, unless the operator set it: then it is
+    ``max_in_flight`` counts sequences, as the engine's ``max_num_seqs`` does: a request for
+    ``n`` choices takes ``n`` slots, so one request cannot fill the engine while others wait.
+    It is None until the engine is up, unless the operator set it: then it is
     ``default_max_in_flight`` of the engine's ``max_num_seqs`` (``Runtime.start``).
+    ``max_n`` bounds ``n``; ``max_body_bytes`` and ``body_timeout_s`` bound a request's body,
+    which is read whole before the request takes a slot.
     """
 
     api_keys: tuple[str, ...] = ()
     max_in_flight: int | None = None
     request_timeout_s: float | None = None
+    max_n: int = 128
+    max_body_bytes: int = 4 * 2**20
+    body_timeout_s: float = 30.0
     retry_after_s: int = 1
     loopback_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     refusal: str | None = STARTING  # None while serving
@@ -63,11 +72,19 @@ class Admission:
 
     @property
     def in_flight(self) -> int:
+        """Requests in flight."""
         return len(self.admitted)
 
     @property
-    def full(self) -> bool:
-        return self.max_in_flight is not None and self.in_flight >= self.max_in_flight
+    def sequences_in_flight(self) -> int:
+        return sum(request.sequences for request in self.admitted)
+
+    def has_room(self, sequences: int = 1) -> bool:
+        """Whether a request of ``sequences`` fits under the cap; one bigger than the whole
+        cap fits only when nothing else is in flight (it would never fit otherwise)."""
+        if self.max_in_flight is None or not self.admitted:
+            return True
+        return self.sequences_in_flight + sequences <= self.max_in_flight
 
     def open(self) -> None:
         self.refusal = None
@@ -84,8 +101,8 @@ class Admission:
         given = token.encode()
         return any(hmac.compare_digest(given, key.encode()) for key in self.api_keys)
 
-    def admit(self, task: asyncio.Task[None] | None) -> Admitted:
-        request = Admitted(task)
+    def admit(self, task: asyncio.Task[None] | None, sequences: int = 1) -> Admitted:
+        request = Admitted(task, sequences)
         self.admitted.add(request)
         return request
 

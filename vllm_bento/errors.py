@@ -18,9 +18,11 @@ from collections.abc import Callable
 from starlette.responses import JSONResponse
 
 
-def openai_error(status: int, message: str, err_type: str) -> JSONResponse:
-    """A response in the shape OpenAI clients parse: ``{"error": {message, type, param, code}}``."""
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+def openai_error(status: int, message: str, err_type: str,
+                 param: str | None = None) -> JSONResponse:
+    """A response in the shape OpenAI clients parse: ``{"error": {message, type, param, code}}``;
+    ``param`` names the body field at fault, if one is."""
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
     return JSONResponse(body, status_code=status)
 
 
@@ -33,8 +35,6 @@ class StreamCutOff(BaseException):
     A BaseException on purpose: BentoML's streaming wrapper catches ``Exception`` and would end
     the response cleanly; this passes through to uvicorn, which closes the connection.
     """
-
-
 
 
 class AsOneWarning(logging.Filter):

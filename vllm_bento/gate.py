@@ -9,11 +9,18 @@ Answers it gives, each in the OpenAI error shape:
 - 401 ``authentication_error``: keys are configured and the bearer token is missing or wrong;
 - 503 ``service_unavailable``: the engine is not serving (starting, dead) or the server is
   draining for shutdown; with ``Retry-After``;
-- 429 ``rate_limit_exceeded``: ``max_in_flight`` requests are already in flight (a slot is free
-  again as a response's last byte is sent); ``Retry-After``;
+- 413 ``invalid_request_error``: the body is over ``max_body_bytes`` (by its Content-Length,
+  before it is read, or as it arrives);
+- 408 ``invalid_request_error``: the whole body did not arrive within ``body_timeout_s``;
+- 400 ``invalid_request_error`` (param ``n``): ``n`` is over ``max_n``;
+- 429 ``rate_limit_exceeded``: the request's sequences do not fit under ``max_in_flight`` (a
+  slot is free again as a response's last byte is sent); ``Retry-After``;
 - 504 ``timeout``: the request outran ``request_timeout_s`` before its response started;
 - 503 ``service_unavailable`` also when a request is still running at the end of the shutdown
   grace period (``Admission.drain``).
+
+A request takes its slots only once its whole body is in: a client that sends headers and then
+little or nothing holds no slot, so idle sockets cannot lock others out.
 
 A request ended early (time limit, shutdown) is aborted in the engine. If its stream has already
 started, an SSE stream gets a last ``data: {"error": ...}`` frame and ``data: [DONE]``; a
@@ -34,6 +41,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,6 +53,10 @@ logger = logging.getLogger("vllm_bento.access")
 LOOPBACK_HEADER = "x-vllm-bento-loopback"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Bodies that may ask for more than one sequence; only those are parsed here (vLLM parses every
+# body again, so a request that asks for one pays no second parse).
+SEQUENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+_MAY_ASK_MORE = re.compile(rb'"n"\s*:|"prompt"\s*:\s*\[')
 _TAIL_BYTES = 4096  # usage sits at the end of a response (last SSE chunk or JSON body)
 
 OPEN_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz",
@@ -102,6 +114,84 @@ def token_counts(tail: bytes) -> tuple[str, str]:
     return prompt.decode(), completion.decode()
 
 
+class Refusal(NamedTuple):
+    """An answer the gate gives instead of the app's."""
+
+    status: int
+    message: str
+    type: str  # OpenAI's error type
+    headers: dict[str, str] = {}  # noqa: RUF012 (never mutated)
+    param: str | None = None  # the body field at fault
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
+    """The whole request body, or None if the client left before sending it all.
+
+    Raises:
+        BodyTooLarge: more than ``limit`` bytes arrived.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that gives ``body`` first and then carries on with ``receive`` (so
+    disconnects are still seen)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def requested_choices(path: str, body: bytes) -> tuple[int, int]:
+    """``(n, prompts)`` a request body asks for: ``n`` choices of each of ``prompts`` prompts
+    (more than one only for a list of prompts on ``/v1/completions``). A body vLLM will refuse
+    anyway (not JSON, ``n`` not a positive integer) counts as ``(1, 1)``."""
+    if path not in SEQUENCE_PATHS or not _MAY_ASK_MORE.search(body):
+        return 1, 1
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return 1, 1
+    if not isinstance(data, dict):
+        return 1, 1
+    n = data.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        n = 1
+    prompt = data.get("prompt")
+    prompts = 1
+    if (path == "/v1/completions" and isinstance(prompt, list) and prompt
+            and isinstance(prompt[0], (str, list))):
+        prompts = len(prompt)  # a list of texts or of token lists; a flat int list is one
+    return n, prompts
+
+
+def content_length(scope: Scope) -> int | None:
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
 class Gate:
     """ASGI middleware enforcing ``admission`` on every route but the open ones (``is_gated``),
     which pass untouched.
@@ -135,38 +225,72 @@ class Gate:
             scope = with_request_id(scope, request_id)
         exchange = Exchange(scope, send, request_id)
         loopback = self._is_loopback(scope)
+        sequences = 1
         refused = self._refusal(scope, loopback)
+        if refused is None and not loopback:
+            # The outer /generate request read its body and holds the slots of its loopback.
+            body, refused = await self._body(scope, receive)
+            if body is None and refused is None:  # the client left while sending
+                exchange.log(loopback)
+                return
+            if body is not None:
+                receive = replaying(body, receive)
+                n, prompts = requested_choices(scope["path"], body)
+                sequences = n * prompts
+                refused = self._too_many_choices(n) or self._refusal(scope, loopback, sequences)
         if refused is not None:
-            status, message, err_type, headers = refused
-            await exchange.send_error(status, message, err_type, headers, receive)
+            await exchange.refuse(refused, receive)
         else:
-            await self._admit(exchange, receive, loopback)
+            await self._admit(exchange, receive, loopback, sequences)
         exchange.log(loopback)
+
+    async def _body(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Refusal | None]:
+        """The request's whole body, read under the size limit and the deadline; or why not."""
+        limit = self.state.max_body_bytes
+        too_large = Refusal(413, f"The request body is over the limit of {limit} bytes.",
+                            "invalid_request_error")
+        if (length := content_length(scope)) is not None and length > limit:
+            return None, too_large
+        try:
+            body = await asyncio.wait_for(read_body(receive, limit), self.state.body_timeout_s)
+        except BodyTooLarge:
+            return None, too_large
+        except TimeoutError:
+            return None, Refusal(408, "The request body did not arrive within "
+                                 f"{self.state.body_timeout_s:g} s.", "invalid_request_error")
+        return body, None
+
+    def _too_many_choices(self, n: int) -> Refusal | None:
+        if n <= self.state.max_n:
+            return None
+        return Refusal(400, f"n is {n}; this server returns at most {self.state.max_n} choices "
+                       "per request.", "invalid_request_error", param="n")
 
     def _is_loopback(self, scope: Scope) -> bool:
         token = header(scope, LOOPBACK_HEADER.encode())
         return token is not None and hmac.compare_digest(
             token.encode(), self.state.loopback_token.encode())
 
-    def _refusal(self, scope: Scope, loopback: bool) -> tuple[int, str, str, dict[str, str]] | None:
+    def _refusal(self, scope: Scope, loopback: bool, sequences: int = 1) -> Refusal | None:
         state = self.state
         retry = {"retry-after": str(state.retry_after_s)}
         if state.api_keys and not loopback and not state.key_ok(bearer(scope)):
-            return (401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.",
-                    "authentication_error", {"www-authenticate": "Bearer"})
+            return Refusal(401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.",
+                           "authentication_error", {"www-authenticate": "Bearer"})
         if state.refusal is not None:
-            return 503, state.refusal, "service_unavailable", retry
-        if not loopback and state.full:
-            return (429, f"Too many requests in flight (limit {state.max_in_flight}); "
-                    "retry later.", "rate_limit_exceeded", retry)
+            return Refusal(503, state.refusal, "service_unavailable", retry)
+        if not loopback and not state.has_room(sequences):
+            return Refusal(429, f"Too many requests in flight (limit {state.max_in_flight} "
+                           "sequences); retry later.", "rate_limit_exceeded", retry)
         return None
 
-    async def _admit(self, exchange: Exchange, receive: Receive, loopback: bool) -> None:
+    async def _admit(self, exchange: Exchange, receive: Receive, loopback: bool,
+                     sequences: int) -> None:
         app = self.inner_app(exchange.scope["path"])
         if loopback:  # the outer /generate request holds the slot and the time limit
             await app(exchange.scope, receive, exchange.send)
             return
-        request = self.state.admit(asyncio.current_task())
+        request = self.state.admit(asyncio.current_task(), sequences)
         # Free the slot as the last byte goes out, not after: a client that sends its next
         # request the moment it has the answer must find the slot free.
         exchange.on_last_byte = lambda: self.state.release(request)
@@ -287,11 +411,14 @@ class Exchange:
     def tail(self) -> bytes:
         return b"".join(self._tail)[-_TAIL_BYTES:]
 
+    async def refuse(self, refusal: Refusal, receive: Receive) -> None:
+        response = openai_error(refusal.status, refusal.message, refusal.type, refusal.param)
+        response.headers.update(refusal.headers)
+        await response(self.scope, receive, self.emit)
+
     async def send_error(self, status: int, message: str, err_type: str,
                          headers: dict[str, str], receive: Receive) -> None:
-        response = openai_error(status, message, err_type)
-        response.headers.update(headers)
-        await response(self.scope, receive, self.emit)
+        await self.refuse(Refusal(status, message, err_type, headers), receive)
 
     async def ended_early(self, status: int, message: str, err_type: str,
                           headers: dict[str, str], receive: Receive) -> None:

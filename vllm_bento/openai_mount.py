@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 
 from vllm_bento.errors import openai_error
-from vllm_bento.gate import with_header
+from vllm_bento.gate import read_body, replaying, with_header
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from starlette.types import Message, Receive, Scope, Send
+    from starlette.types import Receive, Scope, Send
 
     from vllm_bento.runtime import Runtime
 
@@ -58,6 +58,8 @@ class OpenAIMount:
         child = dict(scope)
         child["root_path"] = scope.get("app_root_path", scope.get("root_path", ""))
         if scope["type"] == "http" and scope.get("method") == "POST":
+            # The gate read the body whole, under its size limit, and replays it (a loopback
+            # call's body is built by /generate from its own, which the gate bounded).
             body = await read_body(receive)
             if body is not None:
                 if (problem := body_problem(body)) is not None:
@@ -71,33 +73,6 @@ class OpenAIMount:
                                                    str(len(body)))
                 receive = replaying(body, receive)
         await target(child, receive, send)
-
-
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client left before sending it all."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def replaying(body: bytes, receive: Receive) -> Receive:
-    """A receive channel that gives ``body`` first and then carries on with ``receive`` (so
-    disconnects are still seen)."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 MAX_BRACKETS_UNCHECKED = 1000

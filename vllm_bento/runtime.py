@@ -41,6 +41,9 @@ class Runtime:
             api_keys=settings.api_key_list,
             max_in_flight=settings.max_in_flight,
             request_timeout_s=settings.request_timeout_s,
+            max_n=settings.max_n,
+            max_body_bytes=int(settings.max_body_mib * 2**20),
+            body_timeout_s=settings.body_timeout_s,
         )
         self.processes = lifecycle.EngineProcesses()
         self.openai_api = OpenAIMount(self)  # the /v1 forwarder, mounted by service.py
@@ -78,6 +81,9 @@ class Runtime:
         """
         if self._arbiter_watch is None:
             self._arbiter_watch = lifecycle.watch_arbiter(self.processes)
+        keys = len(self.admission.api_keys)
+        logger.info("API keys: %s", f"{keys} configured; every model route asks for one" if keys
+                    else "none (LLM_API_KEYS is unset): every model route is open")
         self._starting = True
         try:
             if not lifecycle.install_drain_on_sigterm(self.admission,

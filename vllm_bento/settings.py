@@ -127,14 +127,30 @@ class Settings(BaseSettings):
     generate_temperature: float = Field(
         0.0, ge=0, le=2, description="Sampling temperature of /generate; 0 is greedy."
     )
-    api_keys: str = Field(
-        "", description="Comma-separated API keys, each made of RFC 6750 token characters "
+    api_keys: str | None = Field(
+        None, description="Comma-separated API keys, each made of RFC 6750 token characters "
         "(letters, digits, - . _ ~ + /, trailing =). Set, every gated route requires "
-        "'Authorization: Bearer <key>'; unset, they are open.",
+        "'Authorization: Bearer <key>'; unset, they are open. Set but blank, or with an empty "
+        "item, the server refuses to start (a Secret that failed to mount must not open it).",
     )
     max_in_flight: int | None = Field(
-        None, ge=1, description="Requests in flight at once on /v1/* and /generate; more get "
-        "429. Unset: the engine's `max_num_seqs` times `WAITING_ALLOWANCE` (vllm_bento.admission).",
+        None, ge=1, description="Sequences in flight at once on /v1/* and /generate (a request "
+        "asking `n` choices, or completions of a list of prompts, counts one per sequence); "
+        "past it, 429. A request bigger than the cap is admitted only when nothing else is in "
+        "flight. Unset: the engine's `max_num_seqs` times `WAITING_ALLOWANCE` "
+        "(vllm_bento.admission).",
+    )
+    max_n: int = Field(
+        128, ge=1, description="Largest `n` (choices per request) accepted; past it, 400. "
+        "OpenAI's own bound is 128.",
+    )
+    max_body_mib: float = Field(
+        4.0, gt=0, description="Largest request body, in MiB; past it, 413 before the body is "
+        "read. 4 MiB holds a 128k-token context as JSON text, escapes and all.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Time a client has to send its whole request body, in seconds; "
+        "past it, 408. No request takes a slot of the in-flight cap before its body is in.",
     )
     request_timeout_s: float = Field(
         300.0, gt=0, description="Time limit of one request, in seconds; past it the request is "
@@ -396,18 +412,31 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _api_keys_are_bearer_tokens(cls, api_keys: str) -> str:
+    def _api_keys_are_bearer_tokens(cls, api_keys: str | None) -> str | None:
+        if api_keys is None:
+            return None
+        # Fail closed: an operator who set the variable asked for keys. A blank value or an
+        # empty item (a template variable left empty, a Secret that did not mount) would
+        # otherwise serve with fewer keys than meant, or none.
+        keys = [k.strip() for k in api_keys.split(",")]
+        if not any(keys):
+            raise ValueError("it is set but holds no key; unset it to serve without keys")
+        if not all(keys):
+            raise ValueError("it holds an empty item (two commas, or a comma at an end)")
         # RFC 6750's b64token: what a client can send in a Bearer header unchanged. Anything
         # else (non-ASCII, spaces) is sent differently by different clients, or not at all.
-        for key in (k.strip() for k in api_keys.split(",")):
-            if key and not BEARER_TOKEN.fullmatch(key):
+        for key in keys:
+            if not BEARER_TOKEN.fullmatch(key):
                 raise ValueError("an API key may hold only letters, digits and - . _ ~ + / "
                                  "(then trailing =), as RFC 6750 bearer tokens do")
         return api_keys
 
     @property
     def api_key_list(self) -> tuple[str, ...]:
-        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+        """The configured keys; empty when ``LLM_API_KEYS`` is unset (no key asked)."""
+        if self.api_keys is None:
+            return ()
+        return tuple(k.strip() for k in self.api_keys.split(","))
 
     @classmethod
     def settings_customise_sources(
