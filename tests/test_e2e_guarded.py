@@ -85,6 +85,10 @@ def test_model_routes_need_a_valid_key(guarded: served.Served, headers: dict[str
         assert r.json()["error"]["type"] == "authentication_error"
 
 
+def test_the_start_log_counts_the_keys(guarded: served.Served) -> None:
+    assert "API keys: 2 configured" in guarded.log.read_text(errors="replace")
+
+
 def test_health_and_metrics_stay_open(guarded: served.Served) -> None:
     for path in ("/livez", "/readyz", "/metrics"):
         assert httpx.get(f"{guarded.url}{path}", timeout=30).status_code == 200

@@ -188,6 +188,19 @@ def test_a_model_folder_without_weights_is_refused_before_any_engine_starts(
     assert "start_engine" not in server.log.read_text(errors="replace")
 
 
+@pytest.mark.parametrize("keys", [",", " "])
+def test_api_keys_set_but_blank_refuse_to_start(keys: str) -> None:
+    """Fail closed: a Secret that did not mount must not open the server to everyone."""
+    server = served.start("blank-keys", {"LLM_API_KEYS": keys})
+    try:
+        code, _ = wait_noting_processes(server, 60)
+    finally:
+        served.stop(server)
+    assert code != 0
+    assert "holds no key" in last_lines(server, 5), last_lines(server, 10)
+    assert "start_engine" not in server.log.read_text(errors="replace")
+
+
 @pytest.mark.parametrize("point", list(SHORT)[1:])
 def test_a_worker_whose_arbiter_is_killed_exits_with_its_engine(point: str) -> None:
     procs: list[psutil.Process] = []

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from vllm_bento.admission import SHUTDOWN, Admission, Admitted
+from vllm_bento.admission import SHUTDOWN, Admission, Admitted, default_max_request_sequences
 from vllm_bento.errors import StreamCutOff
 from vllm_bento.gate import (
     LOOPBACK_HEADER,
@@ -478,3 +478,23 @@ def test_a_request_bigger_than_the_cap_runs_alone() -> None:
     assert state.has_room(100)  # nothing in flight: it would never fit otherwise
     state.admit(None)
     assert not state.has_room(100) and state.has_room(3) and not state.has_room(4)
+
+
+def test_one_request_may_ask_for_at_most_half_the_engines_batch() -> None:
+    """vLLM runs each of the n choices as a sequence of its batch: a request asking for the
+    whole batch would make every other request wait for it."""
+    state = open_state(max_request_sequences=4)
+    gate = Gate(echo_body, state)
+    assert status_and_body(call(gate, scope("/v1/chat/completions"), b'{"n": 4}'))[0] == 200
+    for path, body in (("/v1/chat/completions", b'{"n": 5}'),
+                       ("/v1/completions", b'{"n": 3, "prompt": ["a", "b"]}')):
+        status, answer = status_and_body(call(gate, scope(path), body))
+        error = json.loads(answer)["error"]
+        assert status == 400 and error["param"] == "n", answer
+        assert "at most 4 at once" in error["message"]
+
+
+def test_the_request_bound_is_half_the_engines_max_num_seqs() -> None:
+    assert default_max_request_sequences(128) == 64  # this CPU's vLLM default
+    assert default_max_request_sequences(1024) == 512  # an H200's
+    assert default_max_request_sequences(1) == 1

@@ -30,6 +30,19 @@ Measured on an H200 (docs/benchmarks-gpu.md): at 1024 concurrent streams with vL
 ``max_num_seqs`` the service refused none, as raw ``vllm serve``."""
 
 
+REQUEST_SHARE = 2
+"""One request may ask for at most ``max_num_seqs // REQUEST_SHARE`` sequences: whatever one
+client asks, the engine's running batch keeps room for others' requests beside it. (vLLM runs
+the ``n`` choices of a request as ``n`` sequences of its batch; a request for ``max_num_seqs`` of
+them would make every other request wait for it to finish.)"""
+
+
+def default_max_request_sequences(max_num_seqs: int) -> int:
+    """The most sequences (``n`` choices times prompts) one request may ask of an engine
+    scheduling up to ``max_num_seqs`` at once."""
+    return max(1, max_num_seqs // REQUEST_SHARE)
+
+
 def default_max_in_flight(max_num_seqs: int) -> int:
     """The cap used when ``LLM_MAX_IN_FLIGHT`` is unset, for an engine scheduling up to
     ``max_num_seqs`` requests at once."""
@@ -54,14 +67,17 @@ class Admission:
     ``n`` choices takes ``n`` slots, so one request cannot fill the engine while others wait.
     It is None until the engine is up, unless the operator set it: then it is
     ``default_max_in_flight`` of the engine's ``max_num_seqs`` (``Runtime.start``).
-    ``max_n`` bounds ``n``; ``max_body_bytes`` and ``body_timeout_s`` bound a request's body,
-    which is read whole before the request takes a slot.
+    ``max_n`` bounds ``n``, and ``max_request_sequences`` (None until the engine is up:
+    ``default_max_request_sequences``) the sequences of one request; ``max_body_bytes`` and
+    ``body_timeout_s`` bound a request's body, which is read whole before the request takes a
+    slot.
     """
 
     api_keys: tuple[str, ...] = ()
     max_in_flight: int | None = None
     request_timeout_s: float | None = None
     max_n: int = 128
+    max_request_sequences: int | None = None
     max_body_bytes: int = 4 * 2**20
     body_timeout_s: float = 30.0
     retry_after_s: int = 1

@@ -12,7 +12,8 @@ Answers it gives, each in the OpenAI error shape:
 - 413 ``invalid_request_error``: the body is over ``max_body_bytes`` (by its Content-Length,
   before it is read, or as it arrives);
 - 408 ``invalid_request_error``: the whole body did not arrive within ``body_timeout_s``;
-- 400 ``invalid_request_error`` (param ``n``): ``n`` is over ``max_n``;
+- 400 ``invalid_request_error`` (param ``n``): ``n`` is over ``max_n``, or the request's
+  sequences (``n`` times its prompts) over ``max_request_sequences``;
 - 429 ``rate_limit_exceeded``: the request's sequences do not fit under ``max_in_flight`` (a
   slot is free again as a response's last byte is sent); ``Retry-After``;
 - 504 ``timeout``: the request outran ``request_timeout_s`` before its response started;
@@ -237,7 +238,8 @@ class Gate:
                 receive = replaying(body, receive)
                 n, prompts = requested_choices(scope["path"], body)
                 sequences = n * prompts
-                refused = self._too_many_choices(n) or self._refusal(scope, loopback, sequences)
+                refused = (self._too_many_sequences(n, sequences)
+                           or self._refusal(scope, loopback, sequences))
         if refused is not None:
             await exchange.refuse(refused, receive)
         else:
@@ -260,11 +262,19 @@ class Gate:
                                  f"{self.state.body_timeout_s:g} s.", "invalid_request_error")
         return body, None
 
-    def _too_many_choices(self, n: int) -> Refusal | None:
-        if n <= self.state.max_n:
-            return None
-        return Refusal(400, f"n is {n}; this server returns at most {self.state.max_n} choices "
-                       "per request.", "invalid_request_error", param="n")
+    def _too_many_sequences(self, n: int, sequences: int) -> Refusal | None:
+        """400 for ``n`` over ``max_n``, or a request (``n`` times its prompts) over the
+        sequences one request may run at once."""
+        if n > self.state.max_n:
+            return Refusal(400, f"n is {n}; this server returns at most {self.state.max_n} "
+                           "choices per request.", "invalid_request_error", param="n")
+        bound = self.state.max_request_sequences
+        if bound is not None and sequences > bound:
+            return Refusal(400, f"This request asks for {sequences} sequences (n times the "
+                           f"prompts); one request may run at most {bound} at once (half of the "
+                           "engine's max_num_seqs), so that others are served beside it.",
+                           "invalid_request_error", param="n")
+        return None
 
     def _is_loopback(self, scope: Scope) -> bool:
         token = header(scope, LOOPBACK_HEADER.encode())

@@ -16,7 +16,11 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from vllm_bento import hardware, lifecycle
-from vllm_bento.admission import Admission, default_max_in_flight
+from vllm_bento.admission import (
+    Admission,
+    default_max_in_flight,
+    default_max_request_sequences,
+)
 from vllm_bento.gate import Gate
 from vllm_bento.loopback import LoopbackChat
 from vllm_bento.openai_mount import OpenAIMount
@@ -107,11 +111,13 @@ class Runtime:
             logger.exception("The vLLM engine could not start; exiting (a restart would fail "
                              "the same way)")
             lifecycle.exit_server(self.processes, lifecycle.EXIT_CODE_ENGINE_START_FAILED)
+        seqs = max_num_seqs(self.server.engine)
         if self.admission.max_in_flight is None:
-            seqs = max_num_seqs(self.server.engine)
             self.admission.max_in_flight = default_max_in_flight(seqs)
-            logger.info("Admitting up to %d requests in flight (engine max_num_seqs %d)",
-                        self.admission.max_in_flight, seqs)
+        self.admission.max_request_sequences = default_max_request_sequences(seqs)
+        logger.info("Admitting up to %d sequences in flight, at most %d of them for one request "
+                    "(engine max_num_seqs %d)", self.admission.max_in_flight,
+                    self.admission.max_request_sequences, seqs)
         self.processes.note()
         self._watchdogs = [asyncio.create_task(
             lifecycle.watch_engine(self.server.engine, self.admission, self.processes))]
