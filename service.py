@@ -24,7 +24,7 @@ import bentoml
 from annotated_types import Ge, Le
 
 from vllm_bento import bento_spec, bentoml_compat, errors
-from vllm_bento.chat_page import chat_app
+from vllm_bento.chat_page import chat_routes
 from vllm_bento.gate import Gate
 from vllm_bento.loopback import DEFAULT_PROMPT
 from vllm_bento.root_mount import root_routes
@@ -49,9 +49,9 @@ openai_api = RUNTIME.openai_api  # /generate's loopback reaches it in-process (s
 MODEL = bento_spec.model_ref(SETTINGS)
 
 
-@bentoml.asgi_app(root_routes(openai_api), path="/")  # /tokenize, /detokenize
+# /tokenize, /detokenize and the chat page at /chat
+@bentoml.asgi_app(root_routes(openai_api, pages=chat_routes()), path="/")
 @bentoml.asgi_app(openai_api, path="/v1")
-@bentoml.asgi_app(chat_app(), path="/chat")
 @bentoml.service(
     name="vllm-llm",
     traffic=bento_spec.traffic(SETTINGS),

@@ -49,7 +49,7 @@ def chat_page(browser: Browser, url: str, model: str, viewport: ViewportSize = D
     try:
         page = context.new_page()
         page.set_default_timeout(timeout_ms)
-        page.goto(f"{url}/chat/")
+        page.goto(f"{url}/chat")
         expect(page.locator("#model")).to_have_text(f"Model: {model}")
         yield page
     finally:

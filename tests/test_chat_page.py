@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.testclient import TestClient
 
 from tests.browser import DESKTOP, chat_page, json_sent
-from vllm_bento.chat_page import chat_app
+from vllm_bento.chat_page import chat_routes
 
 ORIGIN = "http://chat.test"  # never resolved: every request to it is answered by a route
 MODEL = "fake/model"
@@ -57,7 +57,7 @@ def authorized(route: Route) -> bool:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     """A page whose origin serves the real chat app's response and a one-model `/v1/models`."""
-    served = TestClient(chat_app()).get("/")
+    served = TestClient(Starlette(routes=chat_routes())).get("/chat")
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     page.set_default_timeout(10_000)
@@ -212,7 +212,7 @@ def endless_completions(left: threading.Event) -> Starlette:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return Starlette(routes=[
-        routing.Mount("/chat", chat_app()), routing.Route("/v1/models", models),
+        *chat_routes(), routing.Route("/v1/models", models),
         routing.Route("/v1/chat/completions", completions, methods=["POST"])])
 
 

@@ -81,9 +81,13 @@ def answer_texts(page: Page) -> list[str]:
     return texts
 
 
-def test_chat_page_is_served_beside_bentomls_page(server: Served) -> None:
-    page = httpx.get(f"{server.url}/chat/", timeout=30)
+@pytest.mark.parametrize("path", ["/chat", "/chat/"])
+def test_chat_page_is_served_beside_bentomls_page(server: Served, path: str) -> None:
+    # No redirect, so none built from the Host header (a mount at /chat would send
+    # "location: http://evil.example/chat/").
+    page = httpx.get(f"{server.url}{path}", headers={"Host": "evil.example"}, timeout=30)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "location" not in page.headers and "evil.example" not in page.text
     assert "connect-src 'self'" in page.headers["content-security-policy"]
     assert "BentoML" in httpx.get(f"{server.url}/", timeout=30).text
 

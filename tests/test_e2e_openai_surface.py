@@ -40,6 +40,35 @@ def test_models_details(openai_client: openai.OpenAI) -> None:
     assert getattr(model, "max_model_len", None) == 2048
 
 
+def test_models_show_no_file_system_path(server: Served) -> None:
+    """vLLM's ``root`` is the model's folder in the store; the service gives its name."""
+    listed = httpx.get(f"{server.url}/v1/models", timeout=30)
+    (card,) = listed.json()["data"]
+    assert card["root"] == MODEL
+    assert str(ensure_packaged_model().path) not in listed.text and "/root/" not in listed.text
+
+
+def test_a_model_is_retrieved_by_id_as_openai_has_it(openai_client: openai.OpenAI) -> None:
+    model = openai_client.models.retrieve(MODEL)  # an id with a slash
+    assert (model.id, model.object, model.owned_by) == (MODEL, "model", "vllm")
+    with pytest.raises(openai.NotFoundError) as missing:
+        openai_client.models.retrieve("no-such-model")
+    assert missing.value.param == "model" and "no-such-model" in missing.value.message
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("POST", "/v1/embeddings", 404), ("GET", "/v1/no/such/route", 404),
+    ("DELETE", "/v1/chat/completions", 405), ("GET", "/v1/chat/completions", 405),
+    ("DELETE", "/v1/responses/resp_1", 405)])
+def test_every_v1_error_is_in_the_openai_shape(server: Served, method: str, path: str,
+                                               status: int) -> None:
+    r = httpx.request(method, f"{server.url}{path}", json={}, timeout=30)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, r.text
+    assert error["code"] == status and path in error["message"]
+
+
 def test_tokenize_and_detokenize_round_trip(server: Served, tokenizer: Any) -> None:
     prompt = "The capital of France is Paris."
     tokens = post(server, "/tokenize", {"model": MODEL, "prompt": prompt})

@@ -54,6 +54,18 @@ def test_entrypoint_functions_keep_their_signatures() -> None:
     assert callable(make_arg_parser) and callable(validate_parsed_serve_args)
 
 
+def test_vllms_model_list_is_what_as_openai_has_it_replaces() -> None:
+    """``as_openai_has_it`` drops vLLM's ``GET /v1/models`` route and lists the cards of
+    ``OpenAIServingModels.show_available_models``; and ``root`` is where vLLM puts a path."""
+    from vllm.entrypoints.openai.models.api_router import router
+    from vllm.entrypoints.serve.engine.protocol import ModelCard
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+
+    assert ("/v1/models", {"GET"}) in [(r.path, r.methods) for r in router.routes]  # type: ignore[attr-defined]
+    assert inspect.iscoroutinefunction(OpenAIServingModels.show_available_models)
+    assert {"id", "root", "parent"} <= set(ModelCard.model_fields)
+
+
 def test_vllms_parser_takes_our_arguments() -> None:
     args = parse_args(cli_args(CPU_CFG, "/models/x"))
     assert args.model == "/models/x"

@@ -7,7 +7,8 @@
     └── StreamCutOff                        a started plain-text stream cannot be finished
 
 On ``/v1`` every error is a JSON body in the OpenAI shape (``openai_error``); vLLM's own
-errors already have it.
+errors already have it, and Starlette's (no route, method not allowed) get it from
+``http_error``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (no route, method not allowed) in the OpenAI shape, where
+    Starlette would answer ``{"detail": ...}``: an exception handler for vLLM's app. The words
+    of a 404 are OpenAI's own ("Invalid URL (GET /v1/x)")."""
+    assert isinstance(exc, StarletteHTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        message = f"Invalid URL ({where})"
+    elif exc.status_code == 405:
+        message = f"Method not allowed ({where})"
+    else:
+        message = str(exc.detail)
+    response = openai_error(exc.status_code, message, "invalid_request_error")
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def openai_error(status: int, message: str, err_type: str,

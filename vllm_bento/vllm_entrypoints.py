@@ -16,6 +16,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
+from starlette.requests import Request  # at module level: FastAPI reads handlers' annotations
+from starlette.responses import JSONResponse
+
 from vllm_bento.control_tokens import ControlTokens
 from vllm_bento.engine_values import EngineConfig
 
@@ -315,11 +318,50 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
         tasks = await engine.get_supported_tasks()
         app = build_app(args, tasks, engine.model_config)
         await init_app_state(engine, app.state, args, tasks)
+        as_openai_has_it(app)
         # A mounted app's lifespan is not run by its host; run it here for vLLM's periodic
         # engine stats logging.
         await stack.enter_async_context(app.router.lifespan_context(app))
         yield OpenAIServer(engine=engine, app=app,
                            control_tokens=ControlTokens(special_tokens(engine)))
+
+
+def as_openai_has_it(app: FastAPI) -> None:
+    """What vLLM's app answers differently from OpenAI, set right: ``GET /v1/models`` gives no
+    file system path (vLLM puts the model's folder, and each adapter's, in ``root``; here it
+    is the card's own id), ``GET /v1/models/{model}`` exists, and Starlette's 404 and 405 are
+    in the OpenAI error shape (``errors.http_error``) instead of ``{"detail": ...}``."""
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+
+    from vllm_bento.errors import http_error, openai_error
+
+    async def model_cards(request: Request) -> list[dict[str, object]]:
+        serving: OpenAIServingModels = request.app.state.openai_serving_models
+        cards = (await serving.show_available_models()).model_dump()["data"]
+        return [{**card, "root": card["id"]} for card in cards]
+
+    async def list_models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": await model_cards(request)})
+
+    async def retrieve_model(request: Request, model: str) -> JSONResponse:
+        for card in await model_cards(request):
+            if card["id"] == model:
+                return JSONResponse(card)
+        return openai_error(404, f"The model `{model}` does not exist.", "NotFoundError",
+                            param="model")
+
+    app.router.routes[:] = [route for route in app.router.routes
+                            if getattr(route, "path", None) != "/v1/models"]
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    # Model ids hold slashes (``HuggingFaceTB/SmolLM2-135M-Instruct``), as OpenAI's fine-tunes
+    # hold colons: the whole rest of the path is the id.
+    app.add_api_route("/v1/models/{model:path}", retrieve_model, methods=["GET"])
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    # vLLM's build_app ends with SageMaker's bootstrap, which builds the middleware stack at
+    # once (model_hosting_container_standards): without a rebuild the handler is never used.
+    if app.middleware_stack is not None:
+        app.middleware_stack = app.build_middleware_stack()
 
 
 def special_tokens(engine: EngineClient) -> list[str]:
