@@ -58,8 +58,8 @@ def test_vllms_model_list_is_what_as_openai_has_it_replaces() -> None:
     """``as_openai_has_it`` drops vLLM's ``GET /v1/models`` route and lists the cards of
     ``OpenAIServingModels.show_available_models``; and ``root`` is where vLLM puts a path."""
     from vllm.entrypoints.openai.models.api_router import router
-    from vllm.entrypoints.serve.engine.protocol import ModelCard
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+    from vllm.entrypoints.serve.engine.protocol import ModelCard
 
     assert ("/v1/models", {"GET"}) in [(r.path, r.methods) for r in router.routes]  # type: ignore[attr-defined]
     assert inspect.iscoroutinefunction(OpenAIServingModels.show_available_models)
@@ -134,6 +134,7 @@ def test_every_flag_the_service_sets_is_refused_as_an_extra() -> None:
     The structured-output defaults are the exception: an operator's own replace them."""
     full = dataclasses.replace(CPU_CFG, gpu_memory_utilization=0.9, tool_call_parser="hermes",
                                chat_template="{{ messages }}", reasoning_parser="qwen3",
+                               tool_strict_level="parameter",
                                enable_lora=True, lora_modules=(("a", "/adapters/a"),),
                                max_lora_rank=8, max_loras=2)
     for token in cli_args(full, "/models/x"):

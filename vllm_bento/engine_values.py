@@ -22,6 +22,7 @@ class EngineConfig:
     shutdown_timeout_s: int = 0  # how long the engine drains on SIGTERM before aborting
     tool_call_parser: str | None = None
     chat_template: str | None = None
+    tool_strict_level: str | None = None  # None: vLLM's default
     reasoning_parser: str | None = None
     enable_lora: bool = False
     lora_modules: tuple[tuple[str, str], ...] = ()  # (name, absolute folder)

