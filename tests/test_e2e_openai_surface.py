@@ -69,6 +69,23 @@ def test_every_v1_error_is_in_the_openai_shape(server: Served, method: str, path
     assert error["code"] == status and path in error["message"]
 
 
+@pytest.mark.parametrize(("method", "path", "body", "status", "err_type"), [
+    ("POST", "/v1/messages", {"model": MODEL}, 400, "invalid_request_error"),
+    ("POST", "/v1/messages", {"model": MODEL, "max_tokens": 5, "temperature": 9,
+                              "messages": [{"role": "user", "content": "hi"}]},
+     400, "BadRequestError"),  # vLLM's own, already in Anthropic's shape
+    ("GET", "/v1/messages", None, 405, "invalid_request_error"),
+    ("POST", "/v1/messages/batches", {}, 404, "not_found_error")])
+def test_errors_on_the_anthropic_route_are_in_anthropics_shape(
+        server: Served, method: str, path: str, body: dict[str, Any] | None, status: int,
+        err_type: str) -> None:
+    r = httpx.request(method, f"{server.url}{path}", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    answer = r.json()
+    assert answer["type"] == "error" and set(answer["error"]) == {"type", "message"}, r.text
+    assert answer["error"]["type"] == err_type and answer["error"]["message"]
+
+
 def test_tokenize_and_detokenize_round_trip(server: Served, tokenizer: Any) -> None:
     prompt = "The capital of France is Paris."
     tokens = post(server, "/tokenize", {"model": MODEL, "prompt": prompt})

@@ -498,3 +498,12 @@ def test_the_request_bound_is_half_the_engines_max_num_seqs() -> None:
     assert default_max_request_sequences(128) == 64  # this CPU's vLLM default
     assert default_max_request_sequences(1024) == 512  # an H200's
     assert default_max_request_sequences(1) == 1
+
+
+def test_refusals_on_the_anthropic_route_are_in_anthropics_shape() -> None:
+    gate = Gate(app_streaming([b"ok"]), open_state(api_keys=("k1",)))
+    status, body = status_and_body(call(gate, scope("/v1/messages")))
+    assert status == 401
+    assert json.loads(body) == {"type": "error", "error": {
+        "type": "authentication_error",
+        "message": "Invalid or missing API key: send 'Authorization: Bearer <key>'."}}

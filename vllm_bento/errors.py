@@ -20,11 +20,40 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+ANTHROPIC_PATH = "/v1/messages"
+"""vLLM's Anthropic Messages API: its errors take Anthropic's shape, not OpenAI's."""
+ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                   403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                   429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error"}
+"""Anthropic's error type for each status (docs.anthropic.com, "Errors")."""
+
+
+def is_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
+
+
+def anthropic_error(status: int, message: str) -> JSONResponse:
+    """A response in the shape Anthropic clients parse: ``{"type": "error", "error": {type,
+    message}}``."""
+    err_type = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500
+                                   else "api_error")
+    body = {"type": "error", "error": {"type": err_type, "message": message}}
+    return JSONResponse(body, status_code=status)
+
+
+def error_response(path: str, status: int, message: str, err_type: str,
+                   param: str | None = None) -> JSONResponse:
+    """The error in the shape of the API at ``path``: Anthropic's on ``/v1/messages``, OpenAI's
+    everywhere else."""
+    if is_anthropic(path):
+        return anthropic_error(status, message)
+    return openai_error(status, message, err_type, param)
+
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (no route, method not allowed) in the OpenAI shape, where
-    Starlette would answer ``{"detail": ...}``: an exception handler for vLLM's app. The words
-    of a 404 are OpenAI's own ("Invalid URL (GET /v1/x)")."""
+    """Starlette's own errors (no route, method not allowed) in the OpenAI shape (Anthropic's
+    on ``/v1/messages``), where Starlette would answer ``{"detail": ...}``: an exception
+    handler for vLLM's app. The words of a 404 are OpenAI's own ("Invalid URL (GET /v1/x)")."""
     assert isinstance(exc, StarletteHTTPException)
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
@@ -33,7 +62,8 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"Method not allowed ({where})"
     else:
         message = str(exc.detail)
-    response = openai_error(exc.status_code, message, "invalid_request_error")
+    response = error_response(request.url.path, exc.status_code, message,
+                              "invalid_request_error")
     response.headers.update(exc.headers or {})
     return response
 

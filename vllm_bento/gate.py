@@ -4,7 +4,7 @@ any route added later: API keys, the cap on requests in flight, refusal while th
 or the server is draining, the per-request time limit, and one log line per request.
 What it enforces is an ``vllm_bento.admission.Admission``, handed to it when it is added.
 
-Answers it gives, each in the OpenAI error shape:
+Answers it gives, each in the OpenAI error shape (Anthropic's on ``/v1/messages``):
 
 - 401 ``authentication_error``: keys are configured and the bearer token is missing or wrong;
 - 503 ``service_unavailable``: the engine is not serving (starting, dead) or the server is
@@ -47,7 +47,7 @@ from typing import NamedTuple
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_bento.admission import ABORT_WAIT_S, SHUTDOWN, Admission
-from vllm_bento.errors import StreamCutOff, openai_error
+from vllm_bento.errors import StreamCutOff, error_response
 
 logger = logging.getLogger("vllm_bento.access")
 
@@ -422,7 +422,8 @@ class Exchange:
         return b"".join(self._tail)[-_TAIL_BYTES:]
 
     async def refuse(self, refusal: Refusal, receive: Receive) -> None:
-        response = openai_error(refusal.status, refusal.message, refusal.type, refusal.param)
+        response = error_response(self.scope["path"], refusal.status, refusal.message,
+                                  refusal.type, refusal.param)
         response.headers.update(refusal.headers)
         await response(self.scope, receive, self.emit)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import os
 from argparse import Action, ArgumentParser, Namespace
 from collections.abc import AsyncIterator, Sequence
@@ -332,12 +333,17 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
 def as_openai_has_it(app: FastAPI) -> None:
     """What vLLM's app answers differently from OpenAI, set right: ``GET /v1/models`` gives no
     file system path (vLLM puts the model's folder, and each adapter's, in ``root``; here it
-    is the card's own id), ``GET /v1/models/{model}`` exists, and Starlette's 404 and 405 are
-    in the OpenAI error shape (``errors.http_error``) instead of ``{"detail": ...}``."""
+    is the card's own id), ``GET /v1/models/{model}`` exists, Starlette's 404 and 405 are in
+    the OpenAI error shape (``errors.http_error``) instead of ``{"detail": ...}``, and every
+    error on ``/v1/messages`` is in Anthropic's."""
+    from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+    from vllm.entrypoints.serve.exception_handling.handlers.validation import (
+        validation_exception_handler,
+    )
 
-    from vllm_bento.errors import http_error, openai_error
+    from vllm_bento.errors import anthropic_error, http_error, is_anthropic, openai_error
 
     async def model_cards(request: Request) -> list[dict[str, object]]:
         serving: OpenAIServingModels = request.app.state.openai_serving_models
@@ -361,6 +367,18 @@ def as_openai_has_it(app: FastAPI) -> None:
     # hold colons: the whole rest of the path is the id.
     app.add_api_route("/v1/models/{model:path}", retrieve_model, methods=["GET"])
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        """vLLM's answer to a body its models refuse, in Anthropic's shape on /v1/messages
+        (vLLM gives it the OpenAI shape there too)."""
+        assert isinstance(exc, RequestValidationError)
+        response = await validation_exception_handler(request, exc)
+        if not is_anthropic(request.url.path):
+            return response
+        message = json.loads(bytes(response.body))["error"]["message"]
+        return anthropic_error(response.status_code, message)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
     # vLLM's build_app ends with SageMaker's bootstrap, which builds the middleware stack at
     # once (model_hosting_container_standards): without a rebuild the handler is never used.
     if app.middleware_stack is not None:
