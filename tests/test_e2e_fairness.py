@@ -33,7 +33,10 @@ MAX_BODY_MIB = 1
 LONG = 8000  # tokens: 20 s or more on an H200 (~380 tokens/s for one stream), minutes here
 ENV = {"LLM_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
        "LLM_MAX_BODY_MIB": str(MAX_BODY_MIB), "LLM_ENGINE_ARGS": f"--max-num-seqs {MAX_NUM_SEQS}",
-       "LLM_MAX_MODEL_LEN": "8192", "LLM_MAX_TOKENS": str(LONG)}
+       "LLM_MAX_MODEL_LEN": "8192", "LLM_MAX_TOKENS": str(LONG),
+       # Not fairness: the README's way to keep Responses API conversations, tested on this
+       # server rather than starting one more.
+       "VLLM_ENABLE_RESPONSES_API_STORE": "1"}
 SERVERS = {"fair": ENV}  # started early (conftest.pytest_runtest_setup)
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -144,3 +147,16 @@ def test_one_request_cannot_take_the_whole_batch(fair: served.Served) -> None:
 
 def test_the_start_log_says_every_model_route_is_open(fair: served.Served) -> None:
     assert "API keys: none (LLM_API_KEYS is unset)" in fair.log.read_text(errors="replace")
+
+
+def test_responses_conversations_work_with_vllms_store(fair: served.Served) -> None:
+    """What the README says: with VLLM_ENABLE_RESPONSES_API_STORE=1, a stored response can be
+    retrieved and continued by ``previous_response_id``."""
+    openai_client = client(fair)
+    first = openai_client.responses.create(model=MODEL, input="My name is Ann.",
+                                           max_output_tokens=8, store=True)
+    assert openai_client.responses.retrieve(first.id).id == first.id
+    after = openai_client.responses.create(model=MODEL, input="What is my name?",
+                                           previous_response_id=first.id, max_output_tokens=8)
+    # Without the store, retrieve is a 404 (tests/test_e2e_openai_surface.py).
+    assert after.status in {"completed", "incomplete"} and after.output_text  # 8 tokens

@@ -86,6 +86,15 @@ def test_errors_on_the_anthropic_route_are_in_anthropics_shape(
     assert answer["error"]["type"] == err_type and answer["error"]["message"]
 
 
+def test_responses_are_not_stored_by_default(openai_client: openai.OpenAI) -> None:
+    """As the README says: vLLM keeps no response unless VLLM_ENABLE_RESPONSES_API_STORE is
+    set (tests/test_e2e_fairness.py runs a server with it)."""
+    reply = openai_client.responses.create(model=MODEL, input="Hi", max_output_tokens=4)
+    assert reply.output_text is not None
+    with pytest.raises(openai.NotFoundError):
+        openai_client.responses.retrieve(reply.id)
+
+
 def test_tokenize_and_detokenize_round_trip(server: Served, tokenizer: Any) -> None:
     prompt = "The capital of France is Paris."
     tokens = post(server, "/tokenize", {"model": MODEL, "prompt": prompt})
