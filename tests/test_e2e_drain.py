@@ -44,12 +44,8 @@ SERVERS = {"drain": ENV}  # started early (conftest.pytest_runtest_setup)
 
 @pytest.fixture(scope="module")
 def draining() -> Iterator[served.Served]:
-    server = served.start("drain", ENV)
-    try:
-        served.wait_ready(server)
+    with served.serving("drain", ENV) as server:
         yield server
-    finally:
-        served.stop(server)
 
 
 def chat(max_tokens: int) -> dict[str, object]:

@@ -43,12 +43,8 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 
 @pytest.fixture(scope="module")
 def fair() -> Iterator[served.Served]:
-    server = served.start("fair", ENV)
-    try:
-        served.wait_ready(server)
+    with served.serving("fair", ENV) as server:
         yield server
-    finally:
-        served.stop(server)
 
 
 def client(server: served.Served, timeout: float = 120) -> openai.OpenAI:

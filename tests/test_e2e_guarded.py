@@ -55,12 +55,8 @@ SERVERS = {"guarded": ENV}  # started early (conftest.pytest_runtest_setup)
 
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[served.Served]:
-    server = served.start("guarded", ENV)
-    try:
-        served.wait_ready(server)
+    with served.serving("guarded", ENV) as server:
         yield server
-    finally:
-        served.stop(server)
 
 
 def client(server: served.Served, key: str = KEY) -> openai.OpenAI:

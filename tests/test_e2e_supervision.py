@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -175,29 +176,26 @@ def test_sigterm_during_the_start_is_a_quick_clean_stop(point: str) -> None:
     assert gone_after < GRACE_S, f"{gone_after:.1f} s to exit"
 
 
-def test_a_model_folder_without_weights_is_refused_before_any_engine_starts(
-        tmp_path: Path) -> None:
-    shutil.copy(Path(ensure_packaged_model().path) / "config.json", tmp_path)
-    server = served.start("no-weights", {"LLM_MODEL_ID": str(tmp_path)})
+def no_weights(folder: Path) -> dict[str, str]:
+    shutil.copy(Path(ensure_packaged_model().path) / "config.json", folder)
+    return {"LLM_MODEL_ID": str(folder)}
+
+
+@pytest.mark.parametrize(("settings", "why"), [
+    (no_weights, "has no weights"),
+    # Fail closed: a Secret that did not mount must not open the server to everyone.
+    (lambda _: {"LLM_API_KEYS": ","}, "holds no key"),
+    (lambda _: {"LLM_API_KEYS": " "}, "holds no key"),
+], ids=["model folder without weights", "API keys ','", "API keys ' '"])
+def test_bad_settings_are_refused_before_any_engine_starts(
+        tmp_path: Path, settings: Callable[[Path], dict[str, str]], why: str) -> None:
+    server = served.start("refused", settings(tmp_path))
     try:
         code, _ = wait_noting_processes(server, 60)
     finally:
         served.stop(server)
     assert code != 0
-    assert "has no weights" in last_lines(server, 5), last_lines(server, 10)
-    assert "start_engine" not in server.log.read_text(errors="replace")
-
-
-@pytest.mark.parametrize("keys", [",", " "])
-def test_api_keys_set_but_blank_refuse_to_start(keys: str) -> None:
-    """Fail closed: a Secret that did not mount must not open the server to everyone."""
-    server = served.start("blank-keys", {"LLM_API_KEYS": keys})
-    try:
-        code, _ = wait_noting_processes(server, 60)
-    finally:
-        served.stop(server)
-    assert code != 0
-    assert "holds no key" in last_lines(server, 5), last_lines(server, 10)
+    assert why in last_lines(server, 5), last_lines(server, 10)
     assert "start_engine" not in server.log.read_text(errors="replace")
 
 
