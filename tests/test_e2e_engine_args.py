@@ -47,7 +47,9 @@ def test_models_lists_the_served_name_from_the_folder(folder_server: Served,
     client = openai.OpenAI(base_url=f"{folder_server.url}/v1", api_key="unused", timeout=300)
     (model,) = client.models.list().data
     assert model.id == NAME
-    assert (model.model_extra or {})["root"] == str(model_folder)  # vLLM's: the model path
+    # No file system path: vLLM's own root would be the model folder.
+    assert (model.model_extra or {})["root"] == NAME
+    assert str(model_folder) not in httpx.get(f"{folder_server.url}/v1/models", timeout=30).text
 
 
 def test_chat_answers_under_the_served_name(folder_server: Served) -> None:
