@@ -30,7 +30,8 @@ export PYTHONPATH=/tmp/site:$PROJ PATH=/tmp/site/bin:$PATH HF_HUB_OFFLINE=1 \
 GPU_TESTS="tests/test_e2e_gpu.py tests/test_e2e_readme.py tests/test_e2e_openai.py
   tests/test_e2e_generate.py tests/test_e2e_structured_tools.py
   tests/test_e2e_readme_openai_features.py tests/test_e2e_bad_input.py tests/test_parity.py
-  tests/test_e2e_engine_death.py tests/test_e2e_guarded.py tests/test_e2e_drain.py"
+  tests/test_e2e_engine_death.py tests/test_e2e_guarded.py tests/test_e2e_drain.py
+  tests/test_e2e_fairness.py"
 PYTEST="python3 -m pytest -p no:cacheprovider"  # with pyproject.toml's addopts (--durations)
 
 left() { echo $(( DEADLINE - $(date +%s) )); }  # seconds until the run's deadline
