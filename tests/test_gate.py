@@ -507,3 +507,16 @@ def test_refusals_on_the_anthropic_route_are_in_anthropics_shape() -> None:
     assert json.loads(body) == {"type": "error", "error": {
         "type": "authentication_error",
         "message": "Invalid or missing API key: send 'Authorization: Bearer <key>'."}}
+
+
+def test_a_timed_out_anthropic_stream_ends_with_anthropics_error_event() -> None:
+    gate = Gate(app_streaming([b"event: ping\ndata: {}\n\n"] * 50, delay=0.05),
+                open_state(request_timeout_s=0.3))
+    status, body = status_and_body(call(gate, scope("/v1/messages")))
+    assert status == 200
+    last = body.decode().strip().split("\n\n")[-1]
+    event, data = last.split("\n")
+    assert event == "event: error"
+    assert json.loads(data.removeprefix("data: ")) == {"type": "error", "error": {
+        "type": "timeout_error",
+        "message": "The request did not finish within the time limit of 0.3 s."}}

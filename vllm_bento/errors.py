@@ -13,6 +13,7 @@ errors already have it, and Starlette's (no route, method not allowed) get it fr
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -48,6 +49,17 @@ def error_response(path: str, status: int, message: str, err_type: str,
     if is_anthropic(path):
         return anthropic_error(status, message)
     return openai_error(status, message, err_type, param)
+
+
+def stream_error_frames(path: str, status: int, message: str, err_type: str) -> bytes:
+    """The last frames of a server-sent-events stream the server ended early, as the API at
+    ``path`` streams an error: Anthropic's ``event: error`` frame on ``/v1/messages``; else
+    OpenAI's ``data: {"error": ...}`` followed by ``data: [DONE]``."""
+    if is_anthropic(path):
+        body = json.loads(bytes(anthropic_error(status, message).body))
+        return f"event: error\ndata: {json.dumps(body)}\n\n".encode()
+    error = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+    return f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

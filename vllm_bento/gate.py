@@ -24,8 +24,9 @@ A request takes its slots only once its whole body is in: a client that sends he
 little or nothing holds no slot, so idle sockets cannot lock others out.
 
 A request ended early (time limit, shutdown) is aborted in the engine. If its stream has already
-started, an SSE stream gets a last ``data: {"error": ...}`` frame and ``data: [DONE]``; a
-plain-text stream (``/generate``) is cut off without its final chunk.
+started, an SSE stream gets a last ``data: {"error": ...}`` frame and ``data: [DONE]`` (on
+``/v1/messages``, Anthropic's ``event: error`` frame); a plain-text stream (``/generate``) is cut
+off without its final chunk.
 
 ``/generate`` calls ``/v1`` on the same server; those inner calls carry a per-process secret
 header, so they pass the key check and do not take a second slot.
@@ -47,7 +48,7 @@ from typing import NamedTuple
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_bento.admission import ABORT_WAIT_S, SHUTDOWN, Admission
-from vllm_bento.errors import StreamCutOff, error_response
+from vllm_bento.errors import StreamCutOff, error_response, stream_error_frames
 
 logger = logging.getLogger("vllm_bento.access")
 
@@ -434,15 +435,13 @@ class Exchange:
     async def ended_early(self, status: int, message: str, err_type: str,
                           headers: dict[str, str], receive: Receive) -> None:
         """End the response of a request the gate stopped: an error answer if none started,
-        an error frame on an OpenAI stream, a cut-off otherwise."""
+        an error frame on an OpenAI or Anthropic stream, a cut-off otherwise."""
         if self.status is None:
             await self.send_error(status, message, err_type, headers, receive)
         elif self.finished:
             return
         elif self.sse:
-            error = {"error": {"message": message, "type": err_type, "param": None,
-                               "code": status}}
-            frames = f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
+            frames = stream_error_frames(self.scope["path"], status, message, err_type)
             await self.emit({"type": "http.response.body", "body": frames, "more_body": False})
             self.status = status  # for the log line: the stream began with 200
         else:
