@@ -130,6 +130,13 @@ def test_one_request_cannot_take_the_whole_batch(fair: served.Served) -> None:
                                               n=MAX_NUM_SEQS)
     assert refused.value.param == "n"
     assert f"at most {MAX_NUM_SEQS // 2} at once" in refused.value.message
+    # n as vLLM also reads it: a string, a whole float, an escaped key.
+    for body in ('{"n": "8"', '{"n": 8.0', '{"\\u006e": 8'):
+        r = httpx.post(f"{fair.url}/v1/chat/completions", timeout=60,
+                       content=body + f', "model": "{MODEL}", "max_tokens": 1, '
+                       '"messages": [{"role": "user", "content": "Hi"}]}',
+                       headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n", (body, r.text)
 
     finished = finished_requests(fair.url)
     with openai_client.chat.completions.create(

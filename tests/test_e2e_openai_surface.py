@@ -86,6 +86,28 @@ def test_errors_on_the_anthropic_route_are_in_anthropics_shape(
     assert answer["error"]["type"] == err_type and answer["error"]["message"]
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/chat/completions/"), ("GET", "/v1"), ("POST", "/v1"), ("GET", "/v1/models/"),
+    ("POST", "/generate/")])
+def test_no_redirect_is_built_from_the_host_header(server: Served, method: str,
+                                                   path: str) -> None:
+    """Starlette's routers redirect a path with or without a slash to a URL built from the
+    Host header ("location: http://evil.example/v1/chat/completions")."""
+    r = httpx.request(method, f"{server.url}{path}", headers={"Host": "evil.example"},
+                      json={}, timeout=30)
+    assert r.status_code == 404 and "location" not in r.headers, (r.status_code, r.headers)
+    assert r.json()["error"]["message"] == f"Invalid URL ({method} {path})"
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe", b"[" * 1200 + b"]" * 1200])
+def test_unparsable_bodies_on_the_anthropic_route_are_in_anthropics_shape(
+        server: Served, body: bytes) -> None:
+    r = httpx.post(f"{server.url}/v1/messages", content=body, timeout=30,
+                   headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_responses_are_not_stored_by_default(openai_client: openai.OpenAI) -> None:
     """As the README says: vLLM keeps no response unless VLLM_ENABLE_RESPONSES_API_STORE is
     set (tests/test_e2e_fairness.py runs a server with it)."""

@@ -288,7 +288,8 @@ def test_admitted_requests_under_a_direct_prefix_skip_the_rest_of_the_stack() ->
     assert status_and_body(sent) == (200, b"data: v1\n\n")
     assert b"x-request-id" in dict(sent[0]["headers"])
     assert status_and_body(call(gate, scope("/generate"))) == (200, b"stack")
-    assert status_and_body(call(gate, scope("/v1"))) == (200, b"stack")  # not under "/v1/"
+    assert status_and_body(call(gate, scope("/v1"))) == (200, b"data: v1\n\n")  # bare prefix
+    assert status_and_body(call(gate, scope("/v1x"))) == (200, b"stack")  # not under "/v1/"
     assert state.in_flight == 0
     refusing = Gate(stack, Admission(), direct={"/v1/": v1})  # starting: gated routes refused
     assert status_and_body(call(refusing, scope("/v1/models")))[0] == 503
@@ -460,10 +461,20 @@ def test_a_request_takes_one_slot_per_sequence(body: bytes, sequences: int) -> N
     assert state.sequences_in_flight == 1
 
 
-@pytest.mark.parametrize("body", [b'{"n": 0}', b'{"n": "9"}', b'{"n": true}', b"{not json",
-                                  b'["n": 9]', b'{"n": 2.5}'])
+@pytest.mark.parametrize("body", [b'{"n": 0}', b'{"n": "nine"}', b'{"n": [2]}', b"{not json",
+                                  b'["n": 9]', b'{"n": 2.5}', b'{"n": -3}'])
 def test_a_body_vllm_will_refuse_counts_one_sequence(body: bytes) -> None:
     assert requested_choices("/v1/chat/completions", body) == (1, 1)
+
+
+@pytest.mark.parametrize(("body", "choices"), [
+    # vLLM reads n as pydantic's lax int: all of these are 100 choices to it (a tester got 100
+    # choices past a bound that only read JSON integers).
+    (b'{"n": "100"}', (100, 1)), (b'{"n": 100.0}', (100, 1)), (b'{"\\u006e": 100}', (100, 1)),
+    (b'{"n": 4, "\\u0070rompt": ["a", "b", "c"]}', (4, 3)),
+])
+def test_n_and_prompts_are_read_as_vllm_reads_them(body: bytes, choices: tuple[int, int]) -> None:
+    assert requested_choices("/v1/completions", body) == choices
 
 
 def test_only_the_routes_that_take_n_are_parsed_for_it() -> None:
@@ -520,3 +531,16 @@ def test_a_timed_out_anthropic_stream_ends_with_anthropics_error_event() -> None
     assert json.loads(data.removeprefix("data: ")) == {"type": "error", "error": {
         "type": "timeout_error",
         "message": "The request did not finish within the time limit of 0.3 s."}}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions/", "/generate/", "/readyz/", "/v1/"])
+def test_a_path_with_a_trailing_slash_is_404_not_a_redirect(path: str) -> None:
+    gate = Gate(app_streaming([b"ok"]), open_state())
+    status, body = status_and_body(call(gate, scope(path)))
+    assert status == 404 and json.loads(body)["error"]["message"] == f"Invalid URL (POST {path})"
+
+
+def test_the_bare_direct_prefix_goes_to_its_app() -> None:
+    v1 = app_streaming([b"v1"])
+    gate = Gate(app_streaming([b"stack"]), open_state(), direct={"/v1/": v1})
+    assert gate.inner_app("/v1") is v1 and gate.inner_app("/v1x") is gate.app

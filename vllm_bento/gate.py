@@ -7,6 +7,8 @@ What it enforces is an ``vllm_bento.admission.Admission``, handed to it when it 
 Answers it gives, each in the OpenAI error shape (Anthropic's on ``/v1/messages``):
 
 - 401 ``authentication_error``: keys are configured and the bearer token is missing or wrong;
+- 404 ``invalid_request_error``: the path ends in "/" (no model route does; Starlette would
+  redirect it to a URL built from the Host header);
 - 503 ``service_unavailable``: the engine is not serving (starting, dead) or the server is
   draining for shutdown; with ``Retry-After``;
 - 413 ``invalid_request_error``: the body is over ``max_body_bytes`` (by its Content-Length,
@@ -45,6 +47,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vllm_bento.admission import ABORT_WAIT_S, SHUTDOWN, Admission
@@ -55,10 +58,8 @@ logger = logging.getLogger("vllm_bento.access")
 LOOPBACK_HEADER = "x-vllm-bento-loopback"
 _USAGE = re.compile(rb'"prompt_tokens":\s*(\d+).*?"completion_tokens":\s*(\d+)', re.S)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-# Bodies that may ask for more than one sequence; only those are parsed here (vLLM parses every
-# body again, so a request that asks for one pays no second parse).
+# The routes whose bodies may ask for more than one sequence: parsed here to count them.
 SEQUENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-_MAY_ASK_MORE = re.compile(rb'"n"\s*:|"prompt"\s*:\s*\[')
 _TAIL_BYTES = 4096  # usage sits at the end of a response (last SSE chunk or JSON body)
 
 OPEN_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/livez", "/healthz", "/readyz",
@@ -168,9 +169,11 @@ def replaying(body: bytes, receive: Receive) -> Receive:
 
 def requested_choices(path: str, body: bytes) -> tuple[int, int]:
     """``(n, prompts)`` a request body asks for: ``n`` choices of each of ``prompts`` prompts
-    (more than one only for a list of prompts on ``/v1/completions``). A body vLLM will refuse
-    anyway (not JSON, ``n`` not a positive integer) counts as ``(1, 1)``."""
-    if path not in SEQUENCE_PATHS or not _MAY_ASK_MORE.search(body):
+    (more than one only for a list of prompts on ``/v1/completions``). ``n`` is read as vLLM's
+    request models read it (pydantic's lax ``int``: ``"100"`` and ``100.0`` are 100), from the
+    parsed body (so ``"\\u006e"`` is ``n``). A body vLLM will refuse anyway (not JSON, ``n`` not a
+    positive integer) counts as ``(1, 1)``."""
+    if path not in SEQUENCE_PATHS:
         return 1, 1
     try:
         data = json.loads(body)
@@ -178,15 +181,24 @@ def requested_choices(path: str, body: bytes) -> tuple[int, int]:
         return 1, 1
     if not isinstance(data, dict):
         return 1, 1
-    n = data.get("n")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        n = 1
+    n = lax_int(data.get("n", 1))
     prompt = data.get("prompt")
     prompts = 1
     if (path == "/v1/completions" and isinstance(prompt, list) and prompt
             and isinstance(prompt[0], (str, list))):
         prompts = len(prompt)  # a list of texts or of token lists; a flat int list is one
-    return n, prompts
+    return (n if n is not None and n >= 1 else 1), prompts
+
+
+_INT: TypeAdapter[int] = TypeAdapter(int)
+
+
+def lax_int(value: object) -> int | None:
+    """``value`` as pydantic reads an ``int`` field in lax mode, or None if it cannot."""
+    try:
+        return _INT.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def content_length(scope: Scope) -> int | None:
@@ -213,7 +225,9 @@ class Gate:
     def inner_app(self, path: str) -> ASGIApp:
         """The app an admitted request for ``path`` is handed to."""
         for prefix, app in self.direct:
-            if path.startswith(prefix):
+            # The bare prefix too ("/v1"): down the stack, Starlette's router would answer it
+            # with a redirect to a URL built from the Host header.
+            if path.startswith(prefix) or path == prefix.rstrip("/"):
                 return app
         return self.app
 
@@ -228,7 +242,7 @@ class Gate:
         exchange = Exchange(scope, send, request_id)
         loopback = self._is_loopback(scope)
         sequences = 1
-        refused = self._refusal(scope, loopback)
+        refused = self._refusal(scope, loopback) or self._no_such_route(scope)
         if refused is None and not loopback:
             # The outer /generate request read its body and holds the slots of its loopback.
             body, refused = await self._body(scope, receive)
@@ -262,6 +276,17 @@ class Gate:
             return None, Refusal(408, "The request body did not arrive within "
                                  f"{self.state.body_timeout_s:g} s.", "invalid_request_error")
         return body, None
+
+    @staticmethod
+    def _no_such_route(scope: Scope) -> Refusal | None:
+        """404 for a path ending in "/": no model route has one, and Starlette's routers
+        (BentoML's, vLLM's) would answer it with a redirect to a URL built from the Host
+        header."""
+        path = scope["path"]
+        if not path.endswith("/"):
+            return None
+        return Refusal(404, f"Invalid URL ({scope.get('method')} {path})",
+                       "invalid_request_error")
 
     def _too_many_sequences(self, n: int, sequences: int) -> Refusal | None:
         """400 for ``n`` over ``max_n``, or a request (``n`` times its prompts) over the

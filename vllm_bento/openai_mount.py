@@ -1,9 +1,10 @@
 """The ASGI app BentoML mounts at ``/v1``: it hands each request to vLLM's OpenAI app once the
 engine is up, and answers 503 in the OpenAI error shape before that and after shutdown.
 
-Bodies that are not UTF-8 get a 400 in the OpenAI shape here: vLLM's app would answer FastAPI's
-``{"detail": "There was an error parsing the body"}`` (schemathesis found it). Chat messages
-have the model's control tokens defused here (``vllm_bento.control_tokens``).
+Bodies that are not UTF-8 get a 400 in the OpenAI shape (Anthropic's on ``/v1/messages``)
+here: vLLM's app would answer FastAPI's ``{"detail": "There was an error parsing the body"}``
+(schemathesis found it). Chat messages have the model's control tokens defused here
+(``vllm_bento.control_tokens``).
 
 It also serves ``/v1/openapi.json``: vLLM's own OpenAPI document, cut down to the ``/v1``
 operations reachable here (BentoML's ``/docs.json`` only describes its own routes).
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 
-from vllm_bento.errors import openai_error
+from vllm_bento.errors import error_response, openai_error
 from vllm_bento.gate import read_body, replaying, with_header
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class OpenAIMount:
             body = await read_body(receive)
             if body is not None:
                 if (problem := body_problem(body)) is not None:
-                    response = openai_error(400, problem, "invalid_request_error")
+                    response = error_response(scope["path"], 400, problem,
+                                              "invalid_request_error")
                     await response(scope, receive, send)
                     return
                 tokens = self.runtime.control_tokens

@@ -367,6 +367,8 @@ def as_openai_has_it(app: FastAPI) -> None:
     # hold colons: the whole rest of the path is the id.
     app.add_api_route("/v1/models/{model:path}", retrieve_model, methods=["GET"])
     app.add_exception_handler(StarletteHTTPException, http_error)
+    # A path with a slash too many would be redirected to a URL built from the Host header.
+    app.router.redirect_slashes = False
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         """vLLM's answer to a body its models refuse, in Anthropic's shape on /v1/messages
