@@ -22,6 +22,7 @@ from typing import Annotated
 
 import bentoml
 from annotated_types import Ge, Le
+from pydantic import ValidationError
 
 from vllm_bento import bento_spec, bentoml_compat, errors
 from vllm_bento.chat_page import chat_routes
@@ -29,7 +30,7 @@ from vllm_bento.gate import Gate
 from vllm_bento.loopback import DEFAULT_PROMPT
 from vllm_bento.root_mount import root_routes
 from vllm_bento.runtime import Runtime
-from vllm_bento.settings import load_settings
+from vllm_bento.settings import load_settings, settings_error
 
 logger = logging.getLogger(__name__)
 # BentoML configures only its own loggers; ours log through the same stream at INFO.
@@ -40,7 +41,10 @@ bentoml_compat.fix_error_detail_schema()
 bentoml_compat.log_client_errors_as_warnings()
 errors.log_cut_offs_as_warnings()
 bentoml_compat.log_uvicorn_errors_once()
-SETTINGS = load_settings()
+try:
+    SETTINGS = load_settings()
+except ValidationError as exc:  # bentoml serve / build exit with the reason as the last line
+    raise SystemExit(settings_error(exc)) from None
 MAX_TOKENS = SETTINGS.max_tokens
 
 RUNTIME = Runtime(SETTINGS)  # the engine inside it starts with the service (on_startup)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from vllm_bento import hardware
 from vllm_bento.engine_values import EngineConfig
 from vllm_bento.hardware import Hardware
-from vllm_bento.settings import PACKAGED_MODEL_ID, engine_config, load_settings
+from vllm_bento.settings import PACKAGED_MODEL_ID, engine_config, load_settings, settings_error
 from vllm_bento.vllm_entrypoints import cli_args
 
 AVX2_CPU = Hardware(gpu_count=0, cpu_flags=frozenset({"avx2", "fma"}))
@@ -329,3 +329,12 @@ def test_api_keys_set_but_blank_refuse_to_start(keys: str, why: str) -> None:
 
 def test_api_keys_unset_means_no_keys() -> None:
     assert load_settings().api_key_list == ()
+
+
+def test_a_settings_error_is_one_line_naming_each_variable() -> None:
+    with pytest.raises(ValidationError) as refused:
+        load_settings(api_keys=" ", max_n=0)
+    line = settings_error(refused.value)
+    assert "\n" not in line and line.startswith("Invalid settings: ")
+    assert "LLM_API_KEYS: it is set but holds no key" in line
+    assert "LLM_MAX_N: Input should be greater than or equal to 1" in line

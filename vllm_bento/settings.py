@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import bentoml
 from _bentoml_sdk.service.config import GpuLiteralType  # BentoML's own list of GPU types
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -494,8 +494,26 @@ class BuildArgsSource(PydanticBaseSettingsSource):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings now; keyword arguments override every other source (for tests)."""
+    """Read the settings now; keyword arguments override every other source (for tests).
+
+    Raises:
+        pydantic.ValidationError: a setting breaks its rule (``settings_error`` words it).
+    """
     return Settings(**overrides)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line naming each setting at fault by its variable and what is wrong with it:
+    ``Invalid settings: LLM_API_KEYS: it is set but holds no key; ...``. The service exits with
+    it, so that the reason is the last line of the log (pydantic's own message ends with a
+    link instead)."""
+    faults = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = f"LLM_{field.upper()}" if field in Settings.model_fields else field or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        faults.append(f"{where}: {message}")
+    return "Invalid settings: " + "; ".join(faults)
 
 
 def default_dtype(hw: Hardware) -> str:
