@@ -48,6 +48,7 @@ except ValidationError as exc:  # bentoml serve / build exit with the reason as 
 MAX_TOKENS = SETTINGS.max_tokens
 
 RUNTIME = Runtime(SETTINGS)  # the engine inside it starts with the service (on_startup)
+bentoml_compat.bound_metric_endpoints(RUNTIME.metric_endpoint)
 openai_api = RUNTIME.openai_api  # /generate's loopback reaches it in-process (see Runtime)
 
 MODEL = bento_spec.model_ref(SETTINGS)

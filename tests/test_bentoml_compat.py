@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from vllm_bento import bentoml_compat
 from vllm_bento.bentoml_compat import (
     BENTOML_API_LOGGER,
     JsonOnlyApis,
@@ -150,3 +151,33 @@ def test_uvicorn_errors_stop_propagating_only_once_they_have_a_handler(
     monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
     log_uvicorn_errors_once()
     assert not logger.propagate
+
+
+def test_bentomls_request_metrics_are_relabelled_by_the_given_function() -> None:
+    """The patch wraps what BentoML 1.4.40's metrics middleware sets up; each metric it
+    labels by endpoint gets the label function's answer."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    seen: list[dict[str, object]] = []
+
+    class Metric:
+        def labels(self, **kwargs: object) -> None:
+            seen.append(kwargs)
+
+    def fake_setup(self: RunnerTrafficMetricsMiddleware) -> None:
+        for name in ("metrics_request_total", "metrics_request_duration",
+                     "metrics_request_in_progress"):
+            setattr(self, name, Metric())
+
+    original = RunnerTrafficMetricsMiddleware._setup
+    RunnerTrafficMetricsMiddleware._setup = fake_setup  # type: ignore[method-assign,assignment]
+    try:
+        bentoml_compat.bound_metric_endpoints(lambda path: "bounded")
+        middleware = RunnerTrafficMetricsMiddleware.__new__(RunnerTrafficMetricsMiddleware)
+        middleware._setup()
+        for name in ("metrics_request_total", "metrics_request_duration",
+                     "metrics_request_in_progress"):
+            getattr(middleware, name).labels(endpoint="/made-up-1", service_name="s")
+    finally:
+        RunnerTrafficMetricsMiddleware._setup = original  # type: ignore[method-assign]
+    assert seen == [{"endpoint": "bounded", "service_name": "s"}] * 3

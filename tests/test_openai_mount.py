@@ -9,7 +9,7 @@ from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from tests.fakes import FakeRuntime
-from vllm_bento.openai_mount import OpenAIMount
+from vllm_bento.openai_mount import UNROUTED, OpenAIMount, RouteLabels
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -53,3 +53,15 @@ def test_bodies_with_many_brackets_but_shallow_reach_vllm() -> None:
     body = ("[" + ",".join(["{}"] * 2000) + "]").encode()
     r = client(OpenAIMount(FakeRuntime(vllm_app))).post("/v1/chat/completions", content=body)
     assert r.status_code == 200 and r.json()["body"] == body.decode()
+
+
+
+def test_route_labels_keep_routes_and_bound_the_rest() -> None:
+    async def ok(request: Request) -> JSONResponse:
+        return JSONResponse({})
+
+    labels = RouteLabels(Starlette(routes=[
+        Route("/v1/chat/completions", ok), Route("/v1/models/{model:path}", ok)]))
+    assert labels.label("/v1/chat/completions") == "/v1/chat/completions"
+    assert labels.label("/v1/models/org/name") == "/v1/models/{model:path}"
+    assert labels.label("/v1/made-up") == labels.label("/elsewhere") == UNROUTED

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from starlette.applications import Starlette
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from vllm_bento.errors import error_response, openai_error
 from vllm_bento.gate import read_body, replaying, with_header
@@ -103,3 +105,25 @@ def is_utf8(body: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+UNROUTED = "unrouted"
+"""The metrics label of a request for a path no route serves."""
+
+
+class RouteLabels:
+    """The paths of an app's routes, for labelling requests: a static route's path as it is,
+    a path matching a route with parameters as that route's template."""
+
+    def __init__(self, app: Starlette) -> None:
+        routes = [route for route in app.routes if isinstance(route, Route)]
+        self.static = frozenset(r.path for r in routes if "{" not in r.path)
+        self.templates = [(r.path_regex, r.path) for r in routes if "{" in r.path]
+
+    def label(self, path: str) -> str:
+        if path in self.static:
+            return path
+        for regex, template in self.templates:
+            if regex.match(path):
+                return template
+        return UNROUTED

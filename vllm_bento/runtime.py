@@ -21,9 +21,10 @@ from vllm_bento.admission import (
     default_max_in_flight,
     default_max_request_sequences,
 )
-from vllm_bento.gate import Gate
+from vllm_bento.gate import OPEN_PATHS, OPEN_PREFIXES, Gate
 from vllm_bento.loopback import LoopbackChat
-from vllm_bento.openai_mount import OpenAIMount
+from vllm_bento.openai_mount import UNROUTED, OpenAIMount, RouteLabels
+from vllm_bento.root_mount import ROOT_PATHS
 from vllm_bento.settings import Settings, engine_config
 from vllm_bento.vllm_entrypoints import OpenAIServer, max_num_seqs, serve_openai
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from vllm_bento.control_tokens import ControlTokens
 
 logger = logging.getLogger(__name__)
+
+SERVICE_PATHS = OPEN_PATHS | frozenset(ROOT_PATHS) | {"/generate"}
+"""The service's own routes outside vLLM's app (``/generate`` is ``VLLM.generate``)."""
 
 
 class Runtime:
@@ -63,6 +67,18 @@ class Runtime:
         self._watchdogs: list[asyncio.Task[None]] = []
         self._starting = False  # between the start hook's beginning and its end
         self._arbiter_watch: threading.Thread | None = None
+        self._routes: RouteLabels | None = None  # vLLM's app's routes, once it exists
+
+    def metric_endpoint(self, path: str) -> str:
+        """The ``endpoint`` label of a request for ``path`` in BentoML's request metrics: the
+        path of a route the service serves, the template of one with parameters
+        (``/v1/models/{model:path}``), else ``unrouted``, so that requests to made-up paths
+        cannot add series without bound."""
+        if path in SERVICE_PATHS:
+            return path
+        if path.startswith(OPEN_PREFIXES):
+            return next(prefix for prefix in OPEN_PREFIXES if path.startswith(prefix))
+        return UNROUTED if self._routes is None else self._routes.label(path)
 
     @property
     def target(self) -> FastAPI | None:
@@ -118,6 +134,7 @@ class Runtime:
         logger.info("Admitting up to %d sequences in flight, at most %d of them for one request "
                     "(engine max_num_seqs %d)", self.admission.max_in_flight,
                     self.admission.max_request_sequences, seqs)
+        self._routes = RouteLabels(self.server.app)
         self.processes.note()
         self._watchdogs = [asyncio.create_task(
             lifecycle.watch_engine(self.server.engine, self.admission, self.processes))]
