@@ -544,3 +544,20 @@ def test_the_bare_direct_prefix_goes_to_its_app() -> None:
     v1 = app_streaming([b"v1"])
     gate = Gate(app_streaming([b"stack"]), open_state(), direct={"/v1/": v1})
     assert gate.inner_app("/v1") is v1 and gate.inner_app("/v1x") is gate.app
+
+
+def test_bodies_in_transfer_have_a_budget() -> None:
+    """Many slow clients sending big bodies would hold all of them in memory until their
+    deadline: past the budget (32 largest bodies) a new chunk gets 503 with Retry-After."""
+    state = open_state(max_body_bytes=10)
+    assert state.max_bytes_in_transfer == 320
+    state.bytes_in_transfer = 315  # held by other clients still sending
+    gate = Gate(echo_body, state)
+    sent = call(gate, scope("/v1/chat/completions"), b"x" * 9)
+    status, body = status_and_body(sent)
+    assert status == 503 and json.loads(body)["error"]["type"] == "service_unavailable"
+    assert (b"retry-after", b"1") in sent[0]["headers"]
+    assert state.bytes_in_transfer == 315
+    state.bytes_in_transfer = 0
+    assert status_and_body(call(gate, scope("/v1/chat/completions"), b"x" * 9))[0] == 200
+    assert state.bytes_in_transfer == 0  # released once the body is in

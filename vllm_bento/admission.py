@@ -43,6 +43,12 @@ def default_max_request_sequences(max_num_seqs: int) -> int:
     return max(1, max_num_seqs // REQUEST_SHARE)
 
 
+BODIES_IN_TRANSFER = 32
+"""Bodies still arriving may hold at most this many times the largest body (128 MiB with the
+default 4 MiB): a few hundred slow clients sending big bodies would otherwise hold that many
+bodies in memory until their deadline (150 sockets sending 4 MiB each took 600 MiB)."""
+
+
 def default_max_in_flight(max_num_seqs: int) -> int:
     """The cap used when ``LLM_MAX_IN_FLIGHT`` is unset, for an engine scheduling up to
     ``max_num_seqs`` requests at once."""
@@ -81,6 +87,7 @@ class Admission:
     max_body_bytes: int = 4 * 2**20
     body_timeout_s: float = 30.0
     retry_after_s: int = 1
+    bytes_in_transfer: int = 0  # of bodies still arriving (read by the gate)
     loopback_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     refusal: str | None = STARTING  # None while serving
     stopping: bool = False  # set once shutdown has begun: an engine exit is then expected
@@ -94,6 +101,20 @@ class Admission:
     @property
     def sequences_in_flight(self) -> int:
         return sum(request.sequences for request in self.admitted)
+
+    @property
+    def max_bytes_in_transfer(self) -> int:
+        return BODIES_IN_TRANSFER * self.max_body_bytes
+
+    def take_body_bytes(self, size: int) -> bool:
+        """Count ``size`` more bytes of bodies still arriving, if they fit the budget."""
+        if self.bytes_in_transfer + size > self.max_bytes_in_transfer:
+            return False
+        self.bytes_in_transfer += size
+        return True
+
+    def release_body_bytes(self, size: int) -> None:
+        self.bytes_in_transfer -= size
 
     def has_room(self, sequences: int = 1) -> bool:
         """Whether a request of ``sequences`` fits under the cap; one bigger than the whole

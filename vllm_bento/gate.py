@@ -14,6 +14,8 @@ Answers it gives, each in the OpenAI error shape (Anthropic's on ``/v1/messages`
 - 413 ``invalid_request_error``: the body is over ``max_body_bytes`` (by its Content-Length,
   before it is read, or as it arrives);
 - 408 ``invalid_request_error``: the whole body did not arrive within ``body_timeout_s``;
+- 503 ``service_unavailable`` with ``Retry-After``: the bodies still arriving would hold more
+  than ``max_bytes_in_transfer`` bytes (many slow clients sending big bodies at once);
 - 400 ``invalid_request_error`` (param ``n``): ``n`` is over ``max_n``, or the request's
   sequences (``n`` times its prompts) over ``max_request_sequences``;
 - 429 ``rate_limit_exceeded``: the request's sequences do not fit under ``max_in_flight`` (a
@@ -129,6 +131,10 @@ class Refusal(NamedTuple):
 
 class BodyTooLarge(Exception):
     pass
+
+
+class BodiesOverBudget(Exception):
+    """A chunk would take the bodies in transfer past ``Admission.max_bytes_in_transfer``."""
 
 
 async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
@@ -268,13 +274,32 @@ class Gate:
                             "invalid_request_error")
         if (length := content_length(scope)) is not None and length > limit:
             return None, too_large
+        state = self.state
+        taken = 0
+
+        async def counted() -> Message:
+            """``receive``, with each chunk counted against the bytes of bodies in transfer."""
+            nonlocal taken
+            message = await receive()
+            size = len(message.get("body", b""))
+            if not state.take_body_bytes(size):
+                raise BodiesOverBudget
+            taken += size
+            return message
+
         try:
-            body = await asyncio.wait_for(read_body(receive, limit), self.state.body_timeout_s)
+            body = await asyncio.wait_for(read_body(counted, limit), state.body_timeout_s)
         except BodyTooLarge:
             return None, too_large
+        except BodiesOverBudget:
+            return None, Refusal(503, "Too many request bodies are arriving at once; retry "
+                                 "later.", "service_unavailable",
+                                 {"retry-after": str(state.retry_after_s)})
         except TimeoutError:
             return None, Refusal(408, "The request body did not arrive within "
-                                 f"{self.state.body_timeout_s:g} s.", "invalid_request_error")
+                                 f"{state.body_timeout_s:g} s.", "invalid_request_error")
+        finally:
+            state.release_body_bytes(taken)
         return body, None
 
     @staticmethod
