@@ -73,7 +73,10 @@ def test_every_v1_error_is_in_the_openai_shape(server: Served, method: str, path
     ("POST", "/v1/messages", {"model": MODEL}, 400, "invalid_request_error"),
     ("POST", "/v1/messages", {"model": MODEL, "max_tokens": 5, "temperature": 9,
                               "messages": [{"role": "user", "content": "hi"}]},
-     400, "BadRequestError"),  # vLLM's own, already in Anthropic's shape
+     400, "invalid_request_error"),  # vLLM's own, with vLLM's type renamed
+    ("POST", "/v1/messages", {"model": "no-such-model", "max_tokens": 5,
+                              "messages": [{"role": "user", "content": "hi"}]},
+     404, "not_found_error"),
     ("GET", "/v1/messages", None, 405, "invalid_request_error"),
     ("POST", "/v1/messages/batches", {}, 404, "not_found_error")])
 def test_errors_on_the_anthropic_route_are_in_anthropics_shape(

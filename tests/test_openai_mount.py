@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from tests.fakes import FakeRuntime
-from vllm_bento.openai_mount import UNROUTED, OpenAIMount, RouteLabels
+from vllm_bento.openai_mount import UNROUTED, OpenAIMount, RouteLabels, anthropic_error_types
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -65,3 +70,47 @@ def test_route_labels_keep_routes_and_bound_the_rest() -> None:
     assert labels.label("/v1/chat/completions") == "/v1/chat/completions"
     assert labels.label("/v1/models/org/name") == "/v1/models/{model:path}"
     assert labels.label("/v1/made-up") == labels.label("/elsewhere") == UNROUTED
+
+
+
+@pytest.mark.parametrize(("status", "expected"), [(404, "not_found_error"),
+                                                  (400, "invalid_request_error"),
+                                                  (500, "api_error")])
+def test_anthropic_errors_get_anthropics_types(status: int, expected: str) -> None:
+    """vLLM puts its exception's name in an Anthropic error's type (``NotFoundError``)."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def vllm_answers() -> None:
+        sending = anthropic_error_types(send)
+        body = json.dumps({"type": "error", "error": {"type": "NotFoundError",
+                                                      "message": "m"}}).encode()
+        await sending({"type": "http.response.start", "status": status,
+                       "headers": [(b"content-length", str(len(body)).encode())]})
+        await sending({"type": "http.response.body", "body": body[:10], "more_body": True})
+        await sending({"type": "http.response.body", "body": body[10:], "more_body": False})
+
+    asyncio.run(vllm_answers())
+    start, body = sent
+    assert json.loads(body["body"]) == {"type": "error", "error": {"type": expected,
+                                                                  "message": "m"}}
+    assert dict(start["headers"])[b"content-length"] == str(len(body["body"])).encode()
+
+
+def test_anthropic_answers_that_are_not_errors_pass_as_they_are() -> None:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def streaming() -> None:
+        sending = anthropic_error_types(send)
+        for message in ({"type": "http.response.start", "status": 200, "headers": []},
+                        {"type": "http.response.body", "body": b"event: x", "more_body": True},
+                        {"type": "http.response.body", "body": b"", "more_body": False}):
+            await sending(message)
+
+    asyncio.run(streaming())
+    assert [m.get("body") for m in sent] == [None, b"event: x", b""]

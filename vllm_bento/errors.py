@@ -33,13 +33,30 @@ def is_anthropic(path: str) -> bool:
     return path == ANTHROPIC_PATH or path.startswith(ANTHROPIC_PATH + "/")
 
 
+def anthropic_type(status: int) -> str:
+    """Anthropic's error type for an HTTP status."""
+    return ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
 def anthropic_error(status: int, message: str) -> JSONResponse:
     """A response in the shape Anthropic clients parse: ``{"type": "error", "error": {type,
     message}}``."""
-    err_type = ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500
-                                   else "api_error")
-    body = {"type": "error", "error": {"type": err_type, "message": message}}
+    body = {"type": "error", "error": {"type": anthropic_type(status), "message": message}}
     return JSONResponse(body, status_code=status)
+
+
+def with_anthropic_type(status: int, body: bytes) -> bytes:
+    """An error body of vLLM's Anthropic route with Anthropic's error type for ``status`` in
+    place of vLLM's exception name (``NotFoundError``); any other body as it is."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or data.get("type") != "error":
+        return body
+    error["type"] = anthropic_type(status)
+    return json.dumps(data).encode()
 
 
 def error_response(path: str, status: int, message: str, err_type: str,

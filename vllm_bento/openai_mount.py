@@ -19,12 +19,12 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from vllm_bento.errors import error_response, openai_error
+from vllm_bento.errors import error_response, is_anthropic, openai_error, with_anthropic_type
 from vllm_bento.gate import read_body, replaying, with_header
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-    from starlette.types import Receive, Scope, Send
+    from starlette.types import Message, Receive, Scope, Send
 
     from vllm_bento.runtime import Runtime
 
@@ -76,7 +76,35 @@ class OpenAIMount:
                     child["headers"] = with_header(scope["headers"], b"content-length",
                                                    str(len(body)))
                 receive = replaying(body, receive)
+        if is_anthropic(scope["path"]):
+            send = anthropic_error_types(send)
         await target(child, receive, send)
+
+
+def anthropic_error_types(send: Send) -> Send:
+    """``send`` for vLLM's Anthropic route, with Anthropic's error types in its error bodies
+    (vLLM puts its exception's name there: ``NotFoundError``, ``BadRequestError``). Only an
+    error response is held back, to be rewritten whole."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def sending(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = with_anthropic_type(start["status"], b"".join(chunks))
+        headers = with_header(list(start.get("headers", [])), b"content-length", str(len(body)))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return sending
 
 
 MAX_BRACKETS_UNCHECKED = 1000
