@@ -176,6 +176,9 @@ def test_sigterm_during_the_start_is_a_quick_clean_stop(point: str) -> None:
     assert gone_after < GRACE_S, f"{gone_after:.1f} s to exit"
 
 
+BLANK_KEYS = "Invalid settings: LLM_API_KEYS (build arg api_keys): it is set but holds no key"
+
+
 def no_weights(folder: Path) -> dict[str, str]:
     shutil.copy(Path(ensure_packaged_model().path) / "config.json", folder)
     return {"LLM_MODEL_ID": str(folder)}
@@ -184,8 +187,8 @@ def no_weights(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize(("settings", "why"), [
     (no_weights, "has no weights"),
     # Fail closed: a Secret that did not mount must not open the server to everyone.
-    (lambda _: {"LLM_API_KEYS": ","}, "Invalid settings: LLM_API_KEYS: it is set but holds no key"),
-    (lambda _: {"LLM_API_KEYS": " "}, "Invalid settings: LLM_API_KEYS: it is set but holds no key"),
+    (lambda _: {"LLM_API_KEYS": ","}, BLANK_KEYS),
+    (lambda _: {"LLM_API_KEYS": " "}, BLANK_KEYS),
 ], ids=["model folder without weights", "API keys ','", "API keys ' '"])
 def test_bad_settings_are_refused_before_any_engine_starts(
         tmp_path: Path, settings: Callable[[Path], dict[str, str]], why: str) -> None:

@@ -336,5 +336,5 @@ def test_a_settings_error_is_one_line_naming_each_variable() -> None:
         load_settings(api_keys=" ", max_n=0)
     line = settings_error(refused.value)
     assert "\n" not in line and line.startswith("Invalid settings: ")
-    assert "LLM_API_KEYS: it is set but holds no key" in line
-    assert "LLM_MAX_N: Input should be greater than or equal to 1" in line
+    assert "LLM_API_KEYS (build arg api_keys): it is set but holds no key" in line
+    assert "LLM_MAX_N (build arg max_n): Input should be greater than or equal to 1" in line

@@ -503,14 +503,15 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def settings_error(exc: ValidationError) -> str:
-    """One line naming each setting at fault by its variable and what is wrong with it:
-    ``Invalid settings: LLM_API_KEYS: it is set but holds no key; ...``. The service exits with
-    it, so that the reason is the last line of the log (pydantic's own message ends with a
-    link instead)."""
+    """One line naming each setting at fault by its variable and build argument, and what is
+    wrong with it: ``Invalid settings: LLM_API_KEYS (build arg api_keys): it is set but holds no
+    key; ...``. The service exits with it, so that the reason is the last line of the log
+    (pydantic's own message ends with a link instead)."""
     faults = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else ""
-        where = f"LLM_{field.upper()}" if field in Settings.model_fields else field or "settings"
+        where = (f"LLM_{field.upper()} (build arg {field})" if field in Settings.model_fields
+                 else field or "settings")
         message = str(error["msg"]).removeprefix("Value error, ")
         faults.append(f"{where}: {message}")
     return "Invalid settings: " + "; ".join(faults)
