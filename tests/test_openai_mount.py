@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 
 from tests.fakes import FakeRuntime
-from vllm_bento.openai_mount import UNROUTED, OpenAIMount, RouteLabels, anthropic_error_types
+from vllm_bento.openai_mount import UNROUTED, OpenAIMount, RouteLabels, anthropic_errors
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -76,17 +76,22 @@ def test_route_labels_keep_routes_and_bound_the_rest() -> None:
 @pytest.mark.parametrize(("status", "expected"), [(404, "not_found_error"),
                                                   (400, "invalid_request_error"),
                                                   (500, "api_error")])
-def test_anthropic_errors_get_anthropics_types(status: int, expected: str) -> None:
-    """vLLM puts its exception's name in an Anthropic error's type (``NotFoundError``)."""
+@pytest.mark.parametrize("vllms", [
+    {"type": "error", "error": {"type": "NotFoundError", "message": "m"}},  # its exception name
+    {"error": {"message": "m", "type": "Bad Request", "param": None, "code": 400}},  # OpenAI's
+])
+def test_anthropic_errors_get_anthropics_shape_and_types(status: int, expected: str,
+                                                         vllms: dict[str, object]) -> None:
+    """vLLM's own Anthropic errors name its exception as their type; its validation errors,
+    Starlette's 404/405 and the forwarder's 400s come in the OpenAI shape."""
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
         sent.append(message)
 
     async def vllm_answers() -> None:
-        sending = anthropic_error_types(send)
-        body = json.dumps({"type": "error", "error": {"type": "NotFoundError",
-                                                      "message": "m"}}).encode()
+        sending = anthropic_errors(send)
+        body = json.dumps(vllms).encode()
         await sending({"type": "http.response.start", "status": status,
                        "headers": [(b"content-length", str(len(body)).encode())]})
         await sending({"type": "http.response.body", "body": body[:10], "more_body": True})
@@ -106,7 +111,7 @@ def test_anthropic_answers_that_are_not_errors_pass_as_they_are() -> None:
         sent.append(message)
 
     async def streaming() -> None:
-        sending = anthropic_error_types(send)
+        sending = anthropic_errors(send)
         for message in ({"type": "http.response.start", "status": 200, "headers": []},
                         {"type": "http.response.body", "body": b"event: x", "more_body": True},
                         {"type": "http.response.body", "body": b"", "more_body": False}):

@@ -38,25 +38,29 @@ def anthropic_type(status: int) -> str:
     return ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
+def anthropic_error_body(status: int, message: str) -> dict[str, object]:
+    """Anthropic's error shape: ``{"type": "error", "error": {type, message}}``."""
+    return {"type": "error", "error": {"type": anthropic_type(status), "message": message}}
+
+
 def anthropic_error(status: int, message: str) -> JSONResponse:
-    """A response in the shape Anthropic clients parse: ``{"type": "error", "error": {type,
-    message}}``."""
-    body = {"type": "error", "error": {"type": anthropic_type(status), "message": message}}
-    return JSONResponse(body, status_code=status)
+    """A response in the shape Anthropic clients parse (``anthropic_error_body``)."""
+    return JSONResponse(anthropic_error_body(status, message), status_code=status)
 
 
-def with_anthropic_type(status: int, body: bytes) -> bytes:
-    """An error body of vLLM's Anthropic route with Anthropic's error type for ``status`` in
-    place of vLLM's exception name (``NotFoundError``); any other body as it is."""
+def as_anthropic_error(status: int, body: bytes) -> bytes:
+    """An error body on vLLM's Anthropic route in Anthropic's shape, with Anthropic's type for
+    ``status``: vLLM's own Anthropic errors name its exception there (``NotFoundError``), and
+    its validation errors, Starlette's 404 and 405 and the forwarder's own 400s come in the
+    OpenAI shape. Any other body as it is."""
     try:
         data = json.loads(body)
     except ValueError:
         return body
     error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict) or data.get("type") != "error":
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
         return body
-    error["type"] = anthropic_type(status)
-    return json.dumps(data).encode()
+    return json.dumps(anthropic_error_body(status, error["message"])).encode()
 
 
 def error_response(path: str, status: int, message: str, err_type: str,
@@ -73,16 +77,17 @@ def stream_error_frames(path: str, status: int, message: str, err_type: str) -> 
     ``path`` streams an error: Anthropic's ``event: error`` frame on ``/v1/messages``; else
     OpenAI's ``data: {"error": ...}`` followed by ``data: [DONE]``."""
     if is_anthropic(path):
-        body = json.loads(bytes(anthropic_error(status, message).body))
-        return f"event: error\ndata: {json.dumps(body)}\n\n".encode()
-    error = {"error": {"message": message, "type": err_type, "param": None, "code": status}}
+        error = anthropic_error_body(status, message)
+        return f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+    error = openai_error_body(status, message, err_type)
     return f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n".encode()
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (no route, method not allowed) in the OpenAI shape (Anthropic's
-    on ``/v1/messages``), where Starlette would answer ``{"detail": ...}``: an exception
-    handler for vLLM's app. The words of a 404 are OpenAI's own ("Invalid URL (GET /v1/x)")."""
+    """Starlette's own errors (no route, method not allowed) in the OpenAI shape, where
+    Starlette would answer ``{"detail": ...}``: an exception handler for vLLM's app (the
+    forwarder reshapes it on ``/v1/messages``). The words of a 404 are OpenAI's own ("Invalid
+    URL (GET /v1/x)")."""
     assert isinstance(exc, StarletteHTTPException)
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
@@ -91,18 +96,22 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"Method not allowed ({where})"
     else:
         message = str(exc.detail)
-    response = error_response(request.url.path, exc.status_code, message,
-                              "invalid_request_error")
+    response = openai_error(exc.status_code, message, "invalid_request_error")
     response.headers.update(exc.headers or {})
     return response
 
 
 def openai_error(status: int, message: str, err_type: str,
                  param: str | None = None) -> JSONResponse:
-    """A response in the shape OpenAI clients parse: ``{"error": {message, type, param, code}}``;
-    ``param`` names the body field at fault, if one is."""
-    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status)
+    """A response in the shape OpenAI clients parse (``openai_error_body``)."""
+    return JSONResponse(openai_error_body(status, message, err_type, param), status_code=status)
+
+
+def openai_error_body(status: int, message: str, err_type: str,
+                      param: str | None = None) -> dict[str, object]:
+    """OpenAI's error shape: ``{"error": {message, type, param, code}}``; ``param`` names the
+    body field at fault, if one is."""
+    return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
 
 
 class StreamCutOff(BaseException):

@@ -269,12 +269,12 @@ class Gate:
 
     async def _body(self, scope: Scope, receive: Receive) -> tuple[bytes | None, Refusal | None]:
         """The request's whole body, read under the size limit and the deadline; or why not."""
-        limit = self.state.max_body_bytes
+        state = self.state
+        limit = state.max_body_bytes
         too_large = Refusal(413, f"The request body is over the limit of {limit} bytes.",
                             "invalid_request_error")
         if (length := content_length(scope)) is not None and length > limit:
             return None, too_large
-        state = self.state
         taken = 0
 
         async def counted() -> Message:

@@ -1,10 +1,10 @@
 """The ASGI app BentoML mounts at ``/v1``: it hands each request to vLLM's OpenAI app once the
 engine is up, and answers 503 in the OpenAI error shape before that and after shutdown.
 
-Bodies that are not UTF-8 get a 400 in the OpenAI shape (Anthropic's on ``/v1/messages``)
-here: vLLM's app would answer FastAPI's ``{"detail": "There was an error parsing the body"}``
-(schemathesis found it). Chat messages have the model's control tokens defused here
-(``vllm_bento.control_tokens``).
+Bodies that are not UTF-8 get a 400 in the OpenAI shape here: vLLM's app would answer
+FastAPI's ``{"detail": "There was an error parsing the body"}`` (schemathesis found it). Every
+error on ``/v1/messages`` leaves in Anthropic's shape instead (``anthropic_errors``). Chat
+messages have the model's control tokens defused here (``vllm_bento.control_tokens``).
 
 It also serves ``/v1/openapi.json``: vLLM's own OpenAPI document, cut down to the ``/v1``
 operations reachable here (BentoML's ``/docs.json`` only describes its own routes).
@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from vllm_bento.errors import error_response, is_anthropic, openai_error, with_anthropic_type
+from vllm_bento.errors import as_anthropic_error, is_anthropic, openai_error
 from vllm_bento.gate import read_body, replaying, with_header
 
 if TYPE_CHECKING:
@@ -60,14 +60,15 @@ class OpenAIMount:
         # routes carry the /v1 prefix themselves: give vLLM the server's root path.
         child = dict(scope)
         child["root_path"] = scope.get("app_root_path", scope.get("root_path", ""))
+        if is_anthropic(scope["path"]):  # every error below, vLLM's and ours
+            send = anthropic_errors(send)
         if scope["type"] == "http" and scope.get("method") == "POST":
             # The gate read the body whole, under its size limit, and replays it (a loopback
             # call's body is built by /generate from its own, which the gate bounded).
             body = await read_body(receive)
             if body is not None:
                 if (problem := body_problem(body)) is not None:
-                    response = error_response(scope["path"], 400, problem,
-                                              "invalid_request_error")
+                    response = openai_error(400, problem, "invalid_request_error")
                     await response(scope, receive, send)
                     return
                 tokens = self.runtime.control_tokens
@@ -76,15 +77,13 @@ class OpenAIMount:
                     child["headers"] = with_header(scope["headers"], b"content-length",
                                                    str(len(body)))
                 receive = replaying(body, receive)
-        if is_anthropic(scope["path"]):
-            send = anthropic_error_types(send)
         await target(child, receive, send)
 
 
-def anthropic_error_types(send: Send) -> Send:
-    """``send`` for vLLM's Anthropic route, with Anthropic's error types in its error bodies
-    (vLLM puts its exception's name there: ``NotFoundError``, ``BadRequestError``). Only an
-    error response is held back, to be rewritten whole."""
+def anthropic_errors(send: Send) -> Send:
+    """``send`` for vLLM's Anthropic route, with every error body in Anthropic's shape and
+    types (``errors.as_anthropic_error``). Only an error response is held back, to be
+    rewritten whole."""
     start: Message | None = None
     chunks: list[bytes] = []
 
@@ -99,7 +98,7 @@ def anthropic_error_types(send: Send) -> Send:
         chunks.append(message.get("body", b""))
         if message.get("more_body", False):
             return
-        body = with_anthropic_type(start["status"], b"".join(chunks))
+        body = as_anthropic_error(start["status"], b"".join(chunks))
         headers = with_header(list(start.get("headers", [])), b"content-length", str(len(body)))
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import json
 import os
 from argparse import Action, ArgumentParser, Namespace
 from collections.abc import AsyncIterator, Sequence
@@ -333,17 +332,12 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
 def as_openai_has_it(app: FastAPI) -> None:
     """What vLLM's app answers differently from OpenAI, set right: ``GET /v1/models`` gives no
     file system path (vLLM puts the model's folder, and each adapter's, in ``root``; here it
-    is the card's own id), ``GET /v1/models/{model}`` exists, Starlette's 404 and 405 are in
-    the OpenAI error shape (``errors.http_error``) instead of ``{"detail": ...}``, and every
-    error on ``/v1/messages`` is in Anthropic's."""
-    from fastapi.exceptions import RequestValidationError
+    is the card's own id), ``GET /v1/models/{model}`` exists, and Starlette's 404 and 405 are
+    in the OpenAI error shape (``errors.http_error``) instead of ``{"detail": ...}``."""
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
-    from vllm.entrypoints.serve.exception_handling.handlers.validation import (
-        validation_exception_handler,
-    )
 
-    from vllm_bento.errors import anthropic_error, http_error, is_anthropic, openai_error
+    from vllm_bento.errors import http_error, openai_error
 
     async def model_cards(request: Request) -> list[dict[str, object]]:
         serving: OpenAIServingModels = request.app.state.openai_serving_models
@@ -370,17 +364,6 @@ def as_openai_has_it(app: FastAPI) -> None:
     # A path with a slash too many would be redirected to a URL built from the Host header.
     app.router.redirect_slashes = False
 
-    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        """vLLM's answer to a body its models refuse, in Anthropic's shape on /v1/messages
-        (vLLM gives it the OpenAI shape there too)."""
-        assert isinstance(exc, RequestValidationError)
-        response = await validation_exception_handler(request, exc)
-        if not is_anthropic(request.url.path):
-            return response
-        message = json.loads(bytes(response.body))["error"]["message"]
-        return anthropic_error(response.status_code, message)
-
-    app.add_exception_handler(RequestValidationError, validation_error)
     # vLLM's build_app ends with SageMaker's bootstrap, which builds the middleware stack at
     # once (model_hosting_container_standards): without a rebuild the handler is never used.
     if app.middleware_stack is not None:
