@@ -47,7 +47,9 @@ except ValidationError as exc:  # bentoml serve / build exit with the reason as 
     raise SystemExit(settings_error(exc)) from None
 MAX_TOKENS = SETTINGS.max_tokens
 
-RUNTIME = Runtime(SETTINGS)  # the engine inside it starts with the service (on_startup)
+# The engine inside it starts with the service (on_startup). With several workers
+# (LLM_API_SERVER_COUNT), each is a vLLM front end and worker 1 launches the one engine.
+RUNTIME = Runtime(SETTINGS, worker_id=bentoml_compat.worker_id())
 bentoml_compat.bound_metric_endpoints(RUNTIME.metric_endpoint)
 openai_api = RUNTIME.openai_api  # /generate's loopback reaches it in-process (see Runtime)
 
@@ -60,6 +62,7 @@ MODEL = bento_spec.model_ref(SETTINGS)
 @bentoml.service(
     name="vllm-llm",
     traffic=bento_spec.traffic(SETTINGS),
+    workers=RUNTIME.api_server_count,
     tracing=bento_spec.tracing(),
     # Build arguments (`bentoml build --arg gpu_count=2`) decide these; see vllm_bento.bento_spec.
     resources=bento_spec.resources(SETTINGS),

@@ -18,6 +18,10 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vllm_bento.front_ends import SharedSequences
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ class Admission:
 
     ``max_in_flight`` counts sequences, as the engine's ``max_num_seqs`` does: a request for
     ``n`` choices takes ``n`` slots, so one request cannot fill the engine while others wait.
+    It is the server's: with several workers (``LLM_API_SERVER_COUNT``) each counts every
+    worker's sequences through ``shared``.
     It is None until the engine is up, unless the operator set it: then it is
     ``default_max_in_flight`` of the engine's ``max_num_seqs`` (``Runtime.start``).
     ``max_n`` bounds ``n``, and ``max_request_sequences`` (None until the engine is up:
@@ -92,6 +98,8 @@ class Admission:
     refusal: str | None = STARTING  # None while serving
     stopping: bool = False  # set once shutdown has begun: an engine exit is then expected
     admitted: set[Admitted] = field(default_factory=set)  # requests in flight
+    shared: SharedSequences | None = None  # every worker's sequences, with several workers
+    worker: int = 0  # this worker's API server index (vLLM's client index), for the request log
 
     @property
     def in_flight(self) -> int:
@@ -118,10 +126,12 @@ class Admission:
 
     def has_room(self, sequences: int = 1) -> bool:
         """Whether a request of ``sequences`` fits under the cap; one bigger than the whole
-        cap fits only when nothing else is in flight (it would never fit otherwise)."""
-        if self.max_in_flight is None or not self.admitted:
+        cap fits only when nothing else is in flight (it would never fit otherwise). With
+        several workers, counts every worker's requests (``shared``)."""
+        in_flight = self.sequences_in_flight if self.shared is None else self.shared.total()
+        if self.max_in_flight is None or not in_flight:
             return True
-        return self.sequences_in_flight + sequences <= self.max_in_flight
+        return in_flight + sequences <= self.max_in_flight
 
     def open(self) -> None:
         self.refusal = None
@@ -138,14 +148,24 @@ class Admission:
         given = token.encode()
         return any(hmac.compare_digest(given, key.encode()) for key in self.api_keys)
 
-    def admit(self, task: asyncio.Task[None] | None, sequences: int = 1) -> Admitted:
+    def admit(self, task: asyncio.Task[None] | None, sequences: int = 1) -> Admitted | None:
+        """Take ``sequences`` slots for a request, or None when they do not fit (``has_room``):
+        with several workers another may have taken the last ones since it was asked."""
+        if self.shared is not None:
+            if not self.shared.take(self.sequences_in_flight, sequences, self.max_in_flight):
+                return None
+        elif not self.has_room(sequences):
+            return None
         request = Admitted(task, sequences)
         self.admitted.add(request)
         return request
 
     def release(self, request: Admitted) -> None:
         """Free ``request``'s slot; a second call does nothing."""
-        self.admitted.discard(request)
+        if request in self.admitted:
+            self.admitted.discard(request)
+            if self.shared is not None:
+                self.shared.set_mine(self.sequences_in_flight)
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new requests, wait up to ``grace_s`` for those in flight, then end the rest

@@ -180,3 +180,11 @@ def bound_metric_endpoints(label: Callable[[str], str]) -> None:
 
     relabelled_setup.relabelled = True  # type: ignore[attr-defined]
     RunnerTrafficMetricsMiddleware._setup = relabelled_setup  # type: ignore[method-assign]
+
+
+def worker_id() -> int | None:
+    """BentoML's id of this service worker (1 to ``workers``, circus' ``WID``), which its worker
+    script sets before it imports the service; None outside ``bentoml serve``."""
+    from bentoml._internal.context import server_context
+
+    return server_context.worker_index

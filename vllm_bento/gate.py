@@ -243,9 +243,11 @@ class Gate:
             return
         request_id = client_request_id(scope)
         if request_id is None:
-            request_id = uuid.uuid4().hex
+            # Named for the worker that admitted it when there are several.
+            request_id = (uuid.uuid4().hex if self.state.shared is None
+                          else f"{self.state.worker}-{uuid.uuid4().hex}")
             scope = with_request_id(scope, request_id)
-        exchange = Exchange(scope, send, request_id)
+        exchange = Exchange(scope, send, request_id, self.state.worker)
         loopback = self._is_loopback(scope)
         sequences = 1
         refused = self._refusal(scope, loopback) or self._no_such_route(scope)
@@ -341,9 +343,13 @@ class Gate:
         if state.refusal is not None:
             return Refusal(503, state.refusal, "service_unavailable", retry)
         if not loopback and not state.has_room(sequences):
-            return Refusal(429, f"Too many requests in flight (limit {state.max_in_flight} "
-                           "sequences); retry later.", "rate_limit_exceeded", retry)
+            return self._full()
         return None
+
+    def _full(self) -> Refusal:
+        return Refusal(429, f"Too many requests in flight (limit {self.state.max_in_flight} "
+                       "sequences); retry later.", "rate_limit_exceeded",
+                       {"retry-after": str(self.state.retry_after_s)})
 
     async def _admit(self, exchange: Exchange, receive: Receive, loopback: bool,
                      sequences: int) -> None:
@@ -352,6 +358,9 @@ class Gate:
             await app(exchange.scope, receive, exchange.send)
             return
         request = self.state.admit(asyncio.current_task(), sequences)
+        if request is None:  # another worker took the last slots since _refusal looked
+            await exchange.refuse(self._full(), receive)
+            return
         # Free the slot as the last byte goes out, not after: a client that sends its next
         # request the moment it has the answer must find the slot free.
         exchange.on_last_byte = lambda: self.state.release(request)
@@ -424,10 +433,11 @@ class Exchange:
     """One request's response as it passes through the gate: what was sent, for the log line
     and for ending a timed-out response the right way."""
 
-    def __init__(self, scope: Scope, send: Send, request_id: str) -> None:
+    def __init__(self, scope: Scope, send: Send, request_id: str, worker: int = 0) -> None:
         self.scope = scope
         self._send = send
         self.request_id = request_id
+        self.worker = worker  # the API server index that admitted it (for the log line)
         self.started_at = time.monotonic()
         self.status: int | None = None
         self.muted = False  # set on timeout: the app's own late messages are dropped
@@ -503,8 +513,9 @@ class Exchange:
         prompt, completion = token_counts(self.tail)
         logger.info(
             "request_id=%s method=%s path=%s status=%s prompt_tokens=%s completion_tokens=%s "
-            "latency_ms=%.0f loopback=%s",
+            "latency_ms=%.0f loopback=%s worker=%d",
             self.request_id, self.scope.get("method"), self.scope["path"], self.status,
             prompt, completion, (time.monotonic() - self.started_at) * 1000, int(loopback),
+            self.worker,
         )
 

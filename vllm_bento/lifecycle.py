@@ -14,6 +14,12 @@ hook began skips the engine start altogether.
 Arbiter death (SIGKILL of ``bentoml serve``): a thread, independent of the event loop that an
 engine start blocks, notices the worker was orphaned and ends it with its engine processes.
 
+Several workers over one engine (``LLM_API_SERVER_COUNT``, ``vllm_bento.front_ends``): each
+drains its own requests on SIGTERM; the one that launched the engine stops it once the others
+have exited. Every worker watches the engine's processes, and a worker that dies without being
+told to stop ends the whole server (exit code ``EXIT_CODE_FRONT_END_DIED``), as ``vllm serve``
+ends when one of its API servers dies.
+
 Engine death: the gate refuses new requests with 503 and ``/readyz`` turns 503; requests in
 flight get vLLM's error; after a short pause the whole server exits non-zero, so the supervisor
 that started it (Kubernetes, BentoCloud, systemd) starts a new one. In-process recovery is not
@@ -47,6 +53,7 @@ DEATH_EXIT_DELAY_S = 1.0  # lets requests in flight receive their error before t
 EXIT_CODE_ENGINE_DEAD = 3
 EXIT_CODE_ENGINE_START_FAILED = 4
 EXIT_CODE_ARBITER_GONE = 5
+EXIT_CODE_FRONT_END_DIED = 6
 ARBITER_POLL_S = 0.5
 
 SignalHandler = Callable[[int, FrameType | None], Any]
@@ -61,6 +68,7 @@ class EngineProcesses:
 
     def __init__(self) -> None:
         self._procs: list[psutil.Process] = []
+        self._shared: list[psutil.Process] = []  # the engine's, launched by another worker
 
     def note(self, root: psutil.Process | None = None) -> None:
         """Note the descendants of ``root`` (this process by default), but for Python's
@@ -70,9 +78,22 @@ class EngineProcesses:
                        if not is_resource_tracker(p)]
         logger.info("Engine processes: %s", [(p.pid, p.name()) for p in self._procs])
 
+    def share(self, pids: list[int]) -> None:
+        """Note the engine core's processes, which serve every worker
+        (``vllm_bento.front_ends``): watched (``shared_running``) and killed when this worker
+        ends the server (``kill``), but reaped at a normal stop only by the worker that
+        launched them (they are its children: ``note``)."""
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                if all(p.pid != pid for p in self._shared):
+                    self._shared.append(psutil.Process(pid))
+
+    def shared_running(self) -> bool:
+        return all(running(p) for p in self._shared)
+
     def kill(self) -> None:
         """SIGKILL those still running, at once (the engine is already lost)."""
-        for p in self._procs:
+        for p in (*self._procs, *self._shared):
             with contextlib.suppress(psutil.Error):
                 if p.is_running():
                     p.kill()
@@ -91,10 +112,12 @@ class EngineProcesses:
                 p.kill()
 
 
-async def watch_engine(engine: EngineClient, state: Admission,
-                       processes: EngineProcesses) -> None:
-    """Poll the engine; when it has died, refuse requests and end the server."""
-    while not engine.errored:
+async def watch_engine(engine: EngineClient, state: Admission, processes: EngineProcesses,
+                       alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll the engine; when it has died, refuse requests and end the server. ``alive`` says
+    whether its processes still run: a front end that did not launch the engine (one of
+    several, ``vllm_bento.front_ends``) is not told by vLLM when they end."""
+    while not engine.errored and alive():
         await asyncio.sleep(ENGINE_POLL_S)
     if state.stopping:
         return  # the engine exits on the supervisor's SIGTERM too; that is no failure
@@ -103,6 +126,24 @@ async def watch_engine(engine: EngineClient, state: Admission,
     state.refuse("The model engine died; the server is restarting.")
     await asyncio.sleep(DEATH_EXIT_DELAY_S)
     exit_server(processes, EXIT_CODE_ENGINE_DEAD)
+
+
+async def watch_front_ends(dead: Callable[[], list[tuple[int, int]]], state: Admission,
+                           processes: EngineProcesses) -> None:
+    """Poll ``dead`` (the (index, PID) of front ends that died without being told to stop);
+    when one has, end the whole server, as ``vllm serve`` ends when an API server dies."""
+    while not (gone := dead()):
+        await asyncio.sleep(ENGINE_POLL_S)
+    if state.stopping:
+        return
+    exit_front_end_died(gone, processes)
+
+
+def exit_front_end_died(gone: list[tuple[int, int]], processes: EngineProcesses) -> NoReturn:
+    logger.error("API server worker(s) %s died; stopping the whole server, as vllm serve does "
+                 "(its engine serves every worker and none may come back on its own)",
+                 ", ".join(f"{index} (pid {pid})" for index, pid in gone))
+    exit_server(processes, EXIT_CODE_FRONT_END_DIED)
 
 
 PARENT_AT_IMPORT = os.getppid()
@@ -130,6 +171,27 @@ def watch_arbiter(processes: EngineProcesses) -> threading.Thread:
     thread = threading.Thread(target=watch, name="watch-arbiter", daemon=True)
     thread.start()
     return thread
+
+
+def sibling_workers() -> list[psutil.Process]:
+    """The other service workers of this worker's BentoML arbiter, while it is its parent."""
+    try:
+        arbiter = psutil.Process(PARENT_AT_IMPORT)
+        return [p for p in arbiter.children() if p.pid != os.getpid() and running(p)
+                and "_bentoml_impl.worker" in (command_line(p) or "")]
+    except psutil.Error:
+        return []
+
+
+async def until_siblings_exit(timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for the other workers to exit: the front end that launched the
+    engine stops it only after the others have drained their requests through it."""
+    deadline = time.monotonic() + timeout_s
+    while (left := sibling_workers()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if left:
+        logger.warning("Stopping the engine with worker(s) %s still running after %.0f s",
+                       [p.pid for p in left], timeout_s)
 
 
 def abandon_start() -> NoReturn:
@@ -216,10 +278,12 @@ def uvicorn_should_exit(handler: object) -> bool:
 
 
 def install_drain_on_sigterm(state: Admission, grace_s: float,
-                             starting: Callable[[], bool] = lambda: False) -> bool:
+                             starting: Callable[[], bool] = lambda: False,
+                             told: Callable[[], None] = lambda: None) -> bool:
     """Replace uvicorn's SIGTERM handler (installed before start-up hooks run) with one that
     drains first and then hands over to it. A SIGTERM while ``starting()`` ends the start and
-    the worker instead (``abandon_start``).
+    the worker instead (``abandon_start``). ``told`` is called first, either way (a front end
+    among several marks its exit as expected).
 
     Returns False when uvicorn was told to exit before this was called (there is then nothing
     to start), else True.
@@ -231,6 +295,7 @@ def install_drain_on_sigterm(state: Admission, grace_s: float,
         return True
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        told()
         if starting():
             abandon_start()
         loop.call_soon_threadsafe(

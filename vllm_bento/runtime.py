@@ -21,11 +21,12 @@ from vllm_bento.admission import (
     default_max_in_flight,
     default_max_request_sequences,
 )
+from vllm_bento.front_ends import RunFolder, SharedSequences
 from vllm_bento.gate import OPEN_PATHS, OPEN_PREFIXES, Gate
 from vllm_bento.loopback import LoopbackChat
 from vllm_bento.openai_mount import UNROUTED, OpenAIMount, RouteLabels
 from vllm_bento.root_mount import ROOT_PATHS
-from vllm_bento.settings import Settings, engine_config
+from vllm_bento.settings import Settings, api_server_count, engine_config
 from vllm_bento.vllm_entrypoints import OpenAIServer, max_num_seqs, serve_openai
 
 if TYPE_CHECKING:
@@ -35,15 +36,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+SIBLING_EXIT_MARGIN_S = 15.0  # past the grace: a worker's abort wait, hooks and exit
+
 SERVICE_PATHS = OPEN_PATHS | frozenset(ROOT_PATHS) | {"/generate"}
 """The service's own routes outside vLLM's app (``/generate`` is ``VLLM.generate``)."""
 
 
 class Runtime:
     """Everything a worker serves with; the engine itself exists between ``start`` and
-    ``stop``."""
+    ``stop``. ``worker_id`` is BentoML's (1-based) for this worker: with several
+    (``LLM_API_SERVER_COUNT``), worker 1 launches the engine and every one is a vLLM front end
+    over it (``vllm_bento.front_ends``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker_id: int | None = None) -> None:
         self.settings = settings
         self.admission = Admission(
             api_keys=settings.api_key_list,
@@ -54,6 +59,11 @@ class Runtime:
             body_timeout_s=settings.body_timeout_s,
         )
         self.processes = lifecycle.EngineProcesses()
+        # Several workers over one engine: this one's index (BentoML's worker ids start at 1).
+        self.front_end_index = (worker_id or 1) - 1
+        self.api_server_count = api_server_count(settings, hardware.detect())
+        self.run: RunFolder | None = None  # shared with the other workers, from start on
+        self.admission.worker = self.front_end_index
         self.openai_api = OpenAIMount(self)  # the /v1 forwarder, mounted by service.py
         # /generate's own requests to /v1 go in-process to a gate in front of the forwarder
         # (it logs them and knows them by the loopback token), not down BentoML's stack a
@@ -104,22 +114,48 @@ class Runtime:
         keys = len(self.admission.api_keys)
         logger.info("API keys: %s", f"{keys} configured; every model route asks for one" if keys
                     else "none (LLM_API_KEYS is unset): every model route is open")
+        if self.api_server_count > 1:
+            self.run = RunFolder.for_arbiter(lifecycle.PARENT_AT_IMPORT, self.api_server_count)
+            self.admission.shared = SharedSequences(self.run.path / "sequences",
+                                                    self.run.count, self.front_end_index)
+            if (pid := self.run.died_before(self.front_end_index)) is not None:
+                # Restarted by circus after a death: the others serve through an engine this
+                # one has no place in any more.
+                lifecycle.exit_front_end_died([(self.front_end_index, pid)], self.processes)
+            self.run.serving(self.front_end_index)
         self._starting = True
         try:
             if not lifecycle.install_drain_on_sigterm(self.admission,
                                                       self.settings.shutdown_grace_s,
-                                                      starting=lambda: self._starting):
+                                                      starting=lambda: self._starting,
+                                                      told=self._told_to_stop):
                 logger.info("Stopped before the vLLM engine started")
                 return
             await self._start_engine(model_path)
         finally:
             self._starting = False
 
+    def _told_to_stop(self) -> None:
+        if self.run is not None:
+            self.run.stopping(self.front_end_index)
+
     async def _start_engine(self, model_path: str) -> None:
         cfg = engine_config(self.settings, hardware.detect())
-        logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path, cfg)
+        place = None if self.run is None else self.run.place(self.front_end_index)
+        if place is None:
+            logger.info("Starting vLLM for %s from %s: %s", cfg.served_model_name, model_path,
+                        cfg)
+        elif place.launches_engine:
+            logger.info("API server %d of %d: starting vLLM's engine core for all of them, "
+                        "for %s from %s: %s", place.index, place.count, cfg.served_model_name,
+                        model_path, cfg)
+        else:
+            logger.info("API server %d of %d: connecting to the engine core API server 0 "
+                        "starts", place.index, place.count)
         try:
-            self.server = await self._stack.enter_async_context(serve_openai(cfg, model_path))
+            self.server = await self._stack.enter_async_context(serve_openai(
+                cfg, model_path, place,
+                on_engine_spawned=self.run.write_engine_pids if self.run else lambda pids: None))
         except Exception:
             # BentoML's arbiter would start the worker again, and the engine would fail the
             # same way, a full start each round, forever: end the whole server instead, with
@@ -136,8 +172,19 @@ class Runtime:
                     self.admission.max_request_sequences, seqs)
         self._routes = RouteLabels(self.server.app)
         self.processes.note()
-        self._watchdogs = [asyncio.create_task(
-            lifecycle.watch_engine(self.server.engine, self.admission, self.processes))]
+        if self.run is None:
+            watchdogs = [lifecycle.watch_engine(self.server.engine, self.admission,
+                                                self.processes)]
+        else:
+            # The engine is up, so API server 0 has written its PIDs: every worker watches them
+            # and kills them if it ends the server.
+            self.processes.share(self.run.engine_pids())
+            watchdogs = [
+                lifecycle.watch_engine(self.server.engine, self.admission, self.processes,
+                                       alive=self.processes.shared_running),
+                lifecycle.watch_front_ends(self.run.dead_workers, self.admission,
+                                           self.processes)]
+        self._watchdogs = [asyncio.create_task(watchdog) for watchdog in watchdogs]
         self.admission.open()
 
     async def stop(self) -> None:
@@ -148,5 +195,11 @@ class Runtime:
             watchdog.cancel()
         self.server = None
         await self.loopback.aclose()
+        if self.run is not None and self.front_end_index == 0:
+            # The engine serves the other workers too: stop it once they have drained.
+            await lifecycle.until_siblings_exit(self.settings.shutdown_grace_s
+                                                + SIBLING_EXIT_MARGIN_S)
         await self._stack.aclose()
         self.processes.reap()  # none may outlive the server, orphaned or not
+        if self.run is not None and self.front_end_index == 0:
+            self.run.remove()

@@ -54,6 +54,12 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
 """Weight files vLLM's default load formats read from a model folder."""
 DEFAULT_LOAD_FORMATS = ("auto", "safetensors", "pt")
 
+DEFAULT_GPU_API_SERVER_COUNT = 2
+"""Front ends on a GPU when ``LLM_API_SERVER_COUNT`` is unset: on an H200 raw ``vllm serve``
+served as much with 2 API servers as with 4 at every concurrency from 1 to 1024, and 1.8x
+what one served at 256 streams (docs/benchmarks-gpu.md)."""
+MAX_API_SERVER_COUNT = 64
+
 ADAPTER_CONFIG = "adapter_config.json"
 """The file that makes a folder a PEFT adapter (vLLM reads its rank and target modules)."""
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -163,6 +169,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         300.0, gt=0, description="Time limit of one request, in seconds; past it the request is "
         "aborted in the engine and the client gets an error.",
+    )
+    api_server_count: int | None = Field(
+        None, ge=1, le=MAX_API_SERVER_COUNT, description="vLLM front ends (API servers, as "
+        "`vllm serve --api-server-count`) over the one engine: BentoML runs this many workers, "
+        "each with its own HTTP server, chat templating, tokenizing and streaming. Unset: "
+        f"{DEFAULT_GPU_API_SERVER_COUNT} on a GPU (one Python process is what limits one front "
+        "end there), 1 on a CPU and wherever allow_runtime_lora is on.",
     )
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long requests in flight may run on before "
@@ -344,6 +357,17 @@ class Settings(BaseSettings):
             if (rank := adapter_rank(folder)) > limit:
                 raise ValueError(f"LoRA adapter {name!r} has rank {rank}, above max_lora_rank "
                                  f"({limit}): set max_lora_rank to at least {rank}")
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_lora_has_one_front_end(self) -> Settings:
+        """vLLM refuses runtime adapter loading with several API servers: an adapter loaded
+        through one would be unknown to the others' model lists."""
+        if self.allow_runtime_lora and (self.api_server_count or 1) > 1:
+            raise ValueError(f"allow_runtime_lora needs one API server, but api_server_count is "
+                             f"{self.api_server_count}: an adapter loaded through one worker "
+                             "would be unknown to the others (vLLM refuses it too); set "
+                             "api_server_count to 1, or serve adapters with lora_modules")
         return self
 
     @model_validator(mode="after")
@@ -554,6 +578,14 @@ def default_chat_template(settings: Settings) -> str | None:
 def default_tool_strict_level(settings: Settings) -> str | None:
     """``parameter`` for the packaged model; vLLM's own default for other models."""
     return PACKAGED_MODEL_TOOL_STRICT_LEVEL if settings.uses_packaged_model else None
+
+
+def api_server_count(settings: Settings, hw: Hardware) -> int:
+    """Front ends (BentoML workers) over the engine: ``api_server_count`` if set, else
+    ``DEFAULT_GPU_API_SERVER_COUNT`` on a GPU, 1 on a CPU or with runtime LoRA loading."""
+    if settings.api_server_count is not None:
+        return settings.api_server_count
+    return DEFAULT_GPU_API_SERVER_COUNT if hw.has_gpu and not settings.allow_runtime_lora else 1
 
 
 def engine_config(settings: Settings, hw: Hardware) -> EngineConfig:

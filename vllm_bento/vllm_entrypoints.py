@@ -7,14 +7,15 @@ not a public API and move between releases, which is why vLLM is pinned exactly 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import os
 from argparse import Action, ArgumentParser, Namespace
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from starlette.requests import Request  # at module level: FastAPI reads handlers' annotations
 from starlette.responses import JSONResponse
@@ -304,9 +305,34 @@ def check_extra_args(extra: Sequence[str]) -> Namespace:
     return args
 
 
+@dataclass(frozen=True)
+class FrontEndPlace:
+    """One of ``count`` vLLM front ends (API servers, in ``vllm serve --api-server-count``'s
+    terms) over one engine core: this one's ``index`` and every front end's ZMQ addresses
+    (``ipc://`` paths), by index. The front end at index 0 launches the engine core."""
+
+    index: int
+    count: int
+    inputs: tuple[str, ...]  # the engine sends to front end i's ROUTER at inputs[i] ...
+    outputs: tuple[str, ...]  # ... and front end i's PULL at outputs[i] receives its outputs
+
+    @property
+    def launches_engine(self) -> bool:
+        return self.index == 0
+
+
 @asynccontextmanager
-async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[OpenAIServer]:
+async def serve_openai(cfg: EngineConfig, model_path: str, place: FrontEndPlace | None = None,
+                       on_engine_spawned: Callable[[list[int]], None] = lambda pids: None,
+                       ) -> AsyncIterator[OpenAIServer]:
     """Start the engine in-process and build vLLM's OpenAI app on it; shut both down on exit.
+
+    With a ``place`` among several front ends, this one binds its own ZMQ listeners first;
+    the one at index 0 then launches the engine core for all of them (as ``vllm serve
+    --api-server-count N`` does in its parent process), calls ``on_engine_spawned`` with the
+    engine processes' PIDs as soon as they exist, waits for the engine to start, and shuts it
+    down on exit. The others wait for the engine to connect to them (up to vLLM's
+    ``VLLM_ENGINE_READY_TIMEOUT_S``).
 
     Raises whatever vLLM raises when the engine cannot start (bad model, out of memory).
     """
@@ -317,7 +343,13 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
     os.environ.update(engine_env(cfg.allow_runtime_lora))
     args = parse_args(cli_args(cfg, model_path))
     async with AsyncExitStack() as stack:
-        engine = await stack.enter_async_context(build_async_engine_client(args))
+        client_config = None
+        if place is not None and place.count > 1:
+            client_config = _bind_front_end(stack, place)
+            if place.launches_engine:
+                _launch_engine_core(stack, args, place, on_engine_spawned)
+        engine = await stack.enter_async_context(
+            build_async_engine_client(args, client_config=client_config))
         tasks = await engine.get_supported_tasks()
         app = build_app(args, tasks, engine.model_config)
         await init_app_state(engine, app.state, args, tasks)
@@ -327,6 +359,51 @@ async def serve_openai(cfg: EngineConfig, model_path: str) -> AsyncIterator[Open
         await stack.enter_async_context(app.router.lifespan_context(app))
         yield OpenAIServer(engine=engine, app=app,
                            control_tokens=ControlTokens(special_tokens(engine)))
+
+
+def _bind_front_end(stack: AsyncExitStack, place: FrontEndPlace) -> dict[str, Any]:
+    """Bind this front end's ZMQ listeners (closed with ``stack``) and return the
+    ``client_config`` vLLM's ``build_async_engine_client`` takes for it."""
+    import zmq
+    from vllm.utils.network_utils import make_zmq_listener
+
+    listeners = []
+    for address, kind in ((place.inputs[place.index], zmq.ROUTER),
+                          (place.outputs[place.index], zmq.PULL)):
+        if address.startswith("ipc://"):  # left behind by a worker that was killed
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address.removeprefix("ipc://"))
+        listeners.append(make_zmq_listener(address, kind))
+        stack.callback(listeners[-1].cleanup)
+    return {"input_address": listeners[0].address, "output_address": listeners[1].address,
+            "input_listener": listeners[0].socket, "output_listener": listeners[1].socket,
+            "client_count": place.count, "client_index": place.index}
+
+
+def _launch_engine_core(stack: AsyncExitStack, args: Namespace, place: FrontEndPlace,
+                        on_spawned: Callable[[list[int]], None]) -> None:
+    """Launch the engine core for every front end of ``place`` and wait until it has started
+    (blocking, as vLLM's own client does), as ``vllm serve --api-server-count N`` does in its
+    parent process; it is shut down when ``stack`` closes."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.utils import EngineZmqAddresses, launch_core_engines
+    from vllm.v1.executor import Executor
+
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    engine_args._api_process_count = place.count
+    engine_args._api_process_rank = -1  # the launcher's rank in vllm serve
+    vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+    addresses = EngineZmqAddresses(inputs=list(place.inputs), outputs=list(place.outputs))
+    with launch_core_engines(vllm_config, Executor.get_class(vllm_config),
+                             not engine_args.disable_log_stats, addresses) as launch:
+        manager = launch.engine_manager
+        if manager is None or launch.coordinator is not None:  # only one local engine here
+            raise EngineArgsError("several front ends need one local engine core "
+                                  "(no data parallelism)")
+        stack.callback(manager.shutdown, timeout=vllm_config.shutdown_timeout)
+        on_spawned([process.pid for process in manager.processes if process.pid])
+    # Leaving the block waited for the engine core's start (vLLM's own handshake).
 
 
 def as_openai_has_it(app: FastAPI) -> None:
