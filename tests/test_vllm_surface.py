@@ -194,3 +194,34 @@ def test_dummy_llama_weight_bytes() -> None:
     smol_vocab = dummy_model.dummy_config({"vocab_size": 49152})
     assert dummy_model.param_count(smol_vocab) == 8_030_261_248 - 2 * (128256 - 49152) * 4096
     assert dummy_model.weight_bytes(smol_vocab) == 2 * dummy_model.param_count(smol_vocab)
+
+
+def test_the_pieces_several_front_ends_use_keep_their_shape() -> None:
+    """``vllm_entrypoints._bind_front_end`` and ``_launch_engine_core``: what ``vllm serve
+    --api-server-count N`` is made of, used by the service's workers instead of its parent."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.api_server.entry import (
+        build_async_engine_client,
+        build_async_engine_client_from_engine_args,
+    )
+    from vllm.utils.network_utils import ZmqListener, make_zmq_listener
+    from vllm.v1.engine.utils import CoreEngineProcManager, EngineZmqAddresses, launch_core_engines
+    from vllm.v1.executor import Executor
+
+    assert "client_config" in inspect.signature(build_async_engine_client).parameters
+    assert "client_config" in inspect.signature(
+        build_async_engine_client_from_engine_args).parameters
+    assert list(inspect.signature(launch_core_engines).parameters) == [
+        "vllm_config", "executor_class", "log_stats", "addresses"]
+    assert list(inspect.signature(make_zmq_listener).parameters) == ["path", "socket_type"]
+    assert {"address", "socket"} <= set(ZmqListener.__dataclass_fields__)
+    assert {"inputs", "outputs"} <= set(EngineZmqAddresses.__dataclass_fields__)
+    assert {"_api_process_count", "_api_process_rank"} <= set(AsyncEngineArgs.__dataclass_fields__)
+    assert callable(Executor.get_class)
+    assert callable(CoreEngineProcManager.shutdown)
+    # The client adopts the listeners it is given (MPClient reads these keys).
+    from vllm.v1.engine import core_client
+
+    source = inspect.getsource(core_client.MPClient.__init__)
+    for key in ("input_address", "output_address", "input_listener", "output_listener"):
+        assert f'"{key}"' in source, key
