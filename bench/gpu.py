@@ -31,6 +31,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -171,8 +172,9 @@ def drive(systems: tuple[str, ...], base_url: str, model: Model, repeats: int,
 
 
 def serve_and_drive(kind: str, model: Model, repeats: int, scratch: Path,
-                    cold: bool) -> dict[str, Any]:
-    """Start one system for ``model``, time it to ready, drive it (``repeats`` > 0), stop it."""
+                    cold: bool, raw_extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Start one system for ``model``, time it to ready, drive it (``repeats`` > 0), stop it.
+    ``raw_extra``: more ``vllm serve`` flags for raw (``--api-server-count 2``)."""
     if cold:
         clear_compile_caches()
     env = {**os.environ, **model.env}
@@ -181,7 +183,8 @@ def serve_and_drive(kind: str, model: Model, repeats: int, scratch: Path,
     with GpuMemory() as memory:
         if kind == "raw":
             served = start_raw(f"gpu-{model.name}",
-                               service_engine_args(model.env.get("LLM_MODEL_ID")), env)
+                               [*service_engine_args(model.env.get("LLM_MODEL_ID")),
+                                *raw_extra], env)
             ready_path = "/health"
             systems: tuple[str, ...] = ("raw-chat",)
         else:
@@ -248,7 +251,11 @@ def main() -> None:
                         "compare cold with cold and warm with warm)")
     parser.add_argument("--merge", type=Path, nargs="+", help="join these result files into "
                         "--out and exit")
+    parser.add_argument("--raw-extra", default="", help="more `vllm serve` flags for raw, "
+                        "as one string (\"--api-server-count 2\"): compare the service with "
+                        "vLLM's best front end, not only its default")
     args = parser.parse_args()
+    raw_extra = tuple(shlex.split(args.raw_extra))
     if args.merge:
         args.out.write_text(json.dumps(merge(args.merge), indent=1))
         return
@@ -279,7 +286,8 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for kind in ("raw", "service"):
             entry[kind] = guarded(partial(serve_and_drive, kind, model, args.repeats, scratch,
-                                          args.cold))
+                                          args.cold, raw_extra))
+            entry[kind]["raw_extra"] = list(raw_extra) if kind == "raw" else None
             args.out.write_text(json.dumps(result, indent=1))
         if args.cold:  # the same starts again, caches as the cold starts left them
             for kind in ("raw", "service"):
