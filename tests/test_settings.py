@@ -198,7 +198,7 @@ def test_engine_flags_vllm_refuses_fail_with_its_message(monkeypatch: pytest.Mon
      ("--model some/model", "--model", "LLM_MODEL_ID"),
      ("--port 8001", "--port", "bentoml serve"),
      ("--ssl-keyfile k.pem", "--ssl-keyfile", "bentoml serve"),
-     ("--api-server-count 2", "--api-server-count", "in-process"),
+     ("--api-server-count 2", "--api-server-count", "LLM_API_SERVER_COUNT"),
      ("--headless", "--headless", "in-process"),
      ("--config flags.yaml", "--config", "put the flags here"),
      ("--help", "--help", "vllm serve --help")],

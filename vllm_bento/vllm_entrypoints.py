@@ -68,6 +68,7 @@ MANAGED_FLAGS: dict[str, str] = {
     "max_loras": _setting("max_loras"),
     "shutdown_timeout": _setting("shutdown_grace_s"),
     "api_key": _setting("api_keys"),
+    "api_server_count": _setting("api_server_count"),
     "disable_uvicorn_access_log": "the service manages it (it logs each request itself)",
     "config": "a file of flags would bypass these checks: put the flags here instead",
     "help": "run `vllm serve --help` for vLLM's flags",
@@ -78,7 +79,7 @@ MANAGED_FLAGS: dict[str, str] = {
          "h11_max_header_count"),
         _SERVER),
     **dict.fromkeys(
-        ("api_server_count", "headless", "grpc", "grpc_port",
+        ("headless", "grpc", "grpc_port",
          "data_parallel_multi_port_external_lb", "data_parallel_supervisor_port",
          "dp_supervisor_probe_interval_s", "dp_supervisor_probe_timeout_s",
          "dp_supervisor_probe_failure_threshold"),
