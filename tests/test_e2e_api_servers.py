@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -88,7 +89,7 @@ def left_behind(processes: list[psutil.Process]) -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def server() -> served.Served:
+def server() -> Iterator[served.Served]:
     server = served.start("api-servers", TWO)
     served.wait_ready(server)
     yield server

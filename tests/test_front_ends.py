@@ -44,7 +44,8 @@ def test_a_request_bigger_than_the_cap_runs_only_alone(tmp_path: Path) -> None:
     assert first.admit(None, 5) is not None
 
 
-def _take_many(path: str, index: int, cap: int, tries: int, out: multiprocessing.Queue) -> None:
+def _take_many(path: str, index: int, cap: int, tries: int,
+               out: multiprocessing.Queue[int]) -> None:
     shared = SharedSequences(Path(path), 4, index)
     got = sum(shared.take(0, 1, cap) for _ in range(tries))  # each worker holds at most 1
     out.put(got)
@@ -55,7 +56,7 @@ def test_workers_racing_for_the_last_slot_never_exceed_the_cap(tmp_path: Path) -
     once they hold it: exactly one of them ever gets it."""
     SharedSequences(tmp_path / "s", 4, 0)  # sized before the race
     ctx = multiprocessing.get_context("spawn")
-    out: multiprocessing.Queue = ctx.Queue()
+    out: multiprocessing.Queue[int] = ctx.Queue()
     procs = [ctx.Process(target=_take_many, args=(str(tmp_path / "s"), i, 1, 2000, out))
              for i in range(4)]
     for p in procs:

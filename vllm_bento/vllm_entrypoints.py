@@ -388,7 +388,11 @@ def _launch_engine_core(stack: AsyncExitStack, args: Namespace, place: FrontEndP
     parent process; it is shut down when ``stack`` closes."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
-    from vllm.v1.engine.utils import EngineZmqAddresses, launch_core_engines
+    from vllm.v1.engine.utils import (
+        CoreEngineProcManager,
+        EngineZmqAddresses,
+        launch_core_engines,
+    )
     from vllm.v1.executor import Executor
 
     engine_args = AsyncEngineArgs.from_cli_args(args)
@@ -399,7 +403,7 @@ def _launch_engine_core(stack: AsyncExitStack, args: Namespace, place: FrontEndP
     with launch_core_engines(vllm_config, Executor.get_class(vllm_config),
                              not engine_args.disable_log_stats, addresses) as launch:
         manager = launch.engine_manager
-        if manager is None or launch.coordinator is not None:  # only one local engine here
+        if not isinstance(manager, CoreEngineProcManager) or launch.coordinator is not None:
             raise EngineArgsError("several front ends need one local engine core "
                                   "(no data parallelism)")
         stack.callback(manager.shutdown, timeout=vllm_config.shutdown_timeout)

@@ -9,7 +9,7 @@ by name, so the service's own code runs unchanged and starts no engine.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
@@ -42,8 +42,10 @@ class FakeEngine:
 
 @asynccontextmanager
 async def serve_standin(cfg: EngineConfig,
-                        model_path: str) -> AsyncIterator[vllm_entrypoints.OpenAIServer]:
-    """``serve_openai``'s replacement: the stand-in app, no engine."""
+                        model_path: str, place: vllm_entrypoints.FrontEndPlace | None = None,
+                        on_engine_spawned: Callable[[list[int]], None] = lambda pids: None,
+                        ) -> AsyncIterator[vllm_entrypoints.OpenAIServer]:
+    """``serve_openai``'s replacement: the stand-in app, no engine (one front end)."""
     yield vllm_entrypoints.OpenAIServer(engine=cast("EngineClient", FakeEngine()),
                                         app=standin_app,
                                         control_tokens=ControlTokens(PACKAGED_SPECIAL_TOKENS))
